@@ -1,0 +1,5 @@
+"""`python -m playproof` runs the CLI."""
+
+from playproof.cli import main
+
+main()

@@ -1,0 +1,335 @@
+"""The wire contract of PROTOCOL.md version 1: records, envelopes, acks, status, checksum.
+
+Decoding is strict: unknown fields, wrong types and out-of-range values are
+errors, so that a typo never passes silently. The only module of ours this one
+imports is the leaf `errors`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Annotated, Any, Final, Literal, TypeVar
+
+import msgspec
+from msgspec import UNSET, Meta, UnsetType
+
+from playproof.errors import EnvelopeError, RecordError, TooLarge
+
+VERSION: Final = 1
+MAX_BATCH_RECORDS: Final = 1000
+MAX_BATCH_BYTES: Final = 1024 * 1024
+
+# Integers are bounded so that every value fits a 64-bit database column and a
+# JavaScript number; anything larger is not a real time, sequence or duration.
+MAX_INT: Final = 2**53 - 1
+
+Id = Annotated[str, Meta(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
+Sha256Hex = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
+Millis = Annotated[int, Meta(ge=0, le=MAX_INT)]
+SignedMillis = Annotated[int, Meta(ge=-MAX_INT, le=MAX_INT)]
+Seq = Annotated[int, Meta(ge=1, le=MAX_INT)]
+EndReason = Literal["completed", "skipped", "interrupted", "error", "device_restart"]
+Result = Literal["accepted", "duplicate", "rejected"]
+PlayStatus = Literal["valid", "partial"]
+RejectReason = Literal[
+    "invalid",
+    "bad_checksum",
+    "forbidden",
+    "stale",
+    "clock_skew",
+    "future_timestamp",
+    "conflict",
+]
+END_REASONS: Final[tuple[str, ...]] = (
+    "completed",
+    "skipped",
+    "interrupted",
+    "error",
+    "device_restart",
+)
+REJECT_REASONS: Final[tuple[str, ...]] = (
+    "invalid",
+    "bad_checksum",
+    "forbidden",
+    "stale",
+    "clock_skew",
+    "future_timestamp",
+    "conflict",
+)
+
+
+class Record(msgspec.Struct, forbid_unknown_fields=True):
+    """One play: PROTOCOL.md section 1. `checksum` is UNSET until the record is sealed."""
+
+    v: Literal[1]
+    device_id: Id
+    journal_id: Id
+    seq: Seq
+    campaign_id: Id
+    ad_group_id: Id
+    content_id: Id
+    store_id: Id
+    supplier_id: Id
+    start_ts: Millis
+    end_ts: Millis
+    duration_ms: Millis
+    expected_ms: Annotated[int, Meta(ge=1, le=MAX_INT)]
+    end_reason: EndReason
+    clock_offset_ms: SignedMillis
+    clock_synced: bool
+    screenshot_sha256: Sha256Hex | None
+    screenshot_at_ms: Millis | None
+    checksum: Sha256Hex | UnsetType = UNSET
+
+
+class Envelope(msgspec.Struct, forbid_unknown_fields=True):
+    """A batch as it arrived; records stay raw so that one bad record spoils only itself."""
+
+    device_id: Id
+    sent_at: Millis
+    impressions: list[msgspec.Raw]
+
+
+class _FastEnvelope(msgspec.Struct, forbid_unknown_fields=True):
+    device_id: Id
+    sent_at: Millis
+    impressions: list[Record]
+
+
+class StreamEnvelope(Envelope, forbid_unknown_fields=True):
+    """A stream frame carrying a batch, with the id its ack answers."""
+
+    id: SignedMillis
+
+
+class _FastStreamEnvelope(_FastEnvelope, forbid_unknown_fields=True):
+    id: SignedMillis
+
+
+class InvalidRecord(msgspec.Struct):
+    """A record that did not decode: kept raw, with the error and its seq if one was readable."""
+
+    raw: bytes
+    error: str
+    seq: int | None
+
+
+class Batch(msgspec.Struct):
+    """A decoded envelope: each item is a Record or an InvalidRecord, in arrival order."""
+
+    device_id: str
+    sent_at: int
+    items: list[Record | InvalidRecord]
+    frame_id: int | None = None
+
+
+class Ack(msgspec.Struct, omit_defaults=True):
+    """The service's answer for one record: PROTOCOL.md section 4."""
+
+    seq: int | None
+    result: Result
+    status: PlayStatus | UnsetType = UNSET
+    quality: int | UnsetType = UNSET
+    flags: list[str] | UnsetType = UNSET
+    reason: RejectReason | UnsetType = UNSET
+
+
+class AckMessage(msgspec.Struct):
+    """The answer to a batch: one ack per record, in the order received."""
+
+    received_at: int
+    skew_ms: int
+    acks: list[Ack]
+
+
+class StreamAck(msgspec.Struct):
+    """The answer to a stream frame, carrying the frame id it answers."""
+
+    id: int
+    received_at: int
+    skew_ms: int
+    acks: list[Ack]
+
+
+class StreamError(msgspec.Struct):
+    """The answer to a malformed stream frame; the connection stays open."""
+
+    id: int | None
+    error: str
+
+
+Number = int | float
+_E = TypeVar("_E", Envelope, StreamEnvelope)
+
+
+class Status(msgspec.Struct, kw_only=True):
+    """Device health: not billed, no checksum, unknown fields ignored (section 3)."""
+
+    type: Literal["status"] = "status"
+    device_id: Id
+    journal_id: Id | None = None
+    sent_at: Millis
+    queue_depth: Annotated[int, Meta(ge=0, le=MAX_INT)] | None = None
+    oldest_queued_ts: Millis | None = None
+    clock_offset_ms: Number | None = None
+    drift_ppm: Number | None = None
+    last_sync_ts: Millis | None = None
+    evicted: Annotated[int, Meta(ge=0, le=MAX_INT)] = 0
+    evicted_ranges: list[tuple[Seq, Seq]] = []
+    version: Annotated[str, Meta(max_length=64)] | None = None
+
+
+class _FrameHead(msgspec.Struct):
+    id: Any = None
+    type: Any = None
+
+
+class _SeqProbe(msgspec.Struct):
+    seq: Any = None
+
+
+_record_decoder = msgspec.json.Decoder(Record)
+_envelope_decoder = msgspec.json.Decoder(Envelope)
+_fast_envelope_decoder = msgspec.json.Decoder(_FastEnvelope)
+_stream_decoder = msgspec.json.Decoder(StreamEnvelope)
+_fast_stream_decoder = msgspec.json.Decoder(_FastStreamEnvelope)
+_status_decoder = msgspec.json.Decoder(Status)
+_head_decoder = msgspec.json.Decoder(_FrameHead)
+_seq_decoder = msgspec.json.Decoder(_SeqProbe)
+_encoder = msgspec.json.Encoder()
+_canonical_encoder = msgspec.json.Encoder(order="sorted")
+
+
+def canonical_bytes(record: Record) -> bytes:
+    """The record without its checksum, as sorted, whitespace-free JSON (section 2)."""
+    saved = record.checksum
+    record.checksum = UNSET
+    try:
+        # Ids are ASCII without escapes and ints are plain, so msgspec's sorted
+        # output is byte for byte json.dumps(sort_keys=True, separators=(",", ":")).
+        return _canonical_encoder.encode(record)
+    finally:
+        record.checksum = saved
+
+
+def compute_checksum(record: Record) -> str:
+    """Lowercase hex SHA-256 of the record's canonical bytes."""
+    return hashlib.sha256(canonical_bytes(record)).hexdigest()
+
+
+def seal(record: Record) -> Record:
+    """Set the record's checksum from its values and return it."""
+    record.checksum = compute_checksum(record)
+    return record
+
+
+def checksum_ok(record: Record) -> bool:
+    """Whether the record's checksum matches the one recomputed from its values."""
+    return record.checksum == compute_checksum(record)
+
+
+def encode(obj: object) -> bytes:
+    """Encode any protocol object as JSON."""
+    return _encoder.encode(obj)
+
+
+def decode_record(raw: bytes) -> Record:
+    """Decode one record strictly, or raise RecordError saying what is wrong."""
+    try:
+        record = _record_decoder.decode(raw)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise RecordError(f"invalid record: {exc}") from None
+    if record.checksum is UNSET:
+        raise RecordError("invalid record: Object missing required field `checksum`")
+    return record
+
+
+def _invalid(raw: bytes, exc: RecordError) -> InvalidRecord:
+    try:
+        seq = _seq_decoder.decode(raw).seq
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        seq = None
+    readable = isinstance(seq, int) and not isinstance(seq, bool) and 1 <= seq <= MAX_INT
+    return InvalidRecord(raw=bytes(raw), error=str(exc), seq=seq if readable else None)
+
+
+def _decode_item(raw: msgspec.Raw) -> Record | InvalidRecord:
+    try:
+        return decode_record(bytes(raw))
+    except RecordError as exc:
+        return _invalid(bytes(raw), exc)
+
+
+def _check_size(count: int) -> None:
+    if count > MAX_BATCH_RECORDS:
+        raise TooLarge(f"expected at most {MAX_BATCH_RECORDS} records per batch, got {count}")
+
+
+def _all_sealed(records: list[Record]) -> bool:
+    return all(r.checksum is not UNSET for r in records)
+
+
+def decode_batch(body: bytes) -> Batch:
+    """Decode an HTTP batch body; raise EnvelopeError or TooLarge for the whole body."""
+    try:
+        fast = _fast_envelope_decoder.decode(body)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        pass
+    else:
+        _check_size(len(fast.impressions))
+        if _all_sealed(fast.impressions):
+            return Batch(fast.device_id, fast.sent_at, list(fast.impressions))
+    env = _decode_envelope(body, _envelope_decoder)
+    _check_size(len(env.impressions))
+    return Batch(env.device_id, env.sent_at, [_decode_item(r) for r in env.impressions])
+
+
+def _decode_envelope(body: bytes, decoder: msgspec.json.Decoder[_E]) -> _E:
+    try:
+        return decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise EnvelopeError(f"expected a JSON envelope object: {exc}") from None
+    except msgspec.ValidationError as exc:
+        raise EnvelopeError(f"invalid envelope: {exc}") from None
+
+
+def frame_head(text: bytes) -> tuple[int | None, bool]:
+    """The frame's id (None where unreadable) and whether it is a status frame."""
+    try:
+        head = _head_decoder.decode(text)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None, False
+    fid = head.id
+    valid_id = isinstance(fid, int) and not isinstance(fid, bool) and abs(fid) <= MAX_INT
+    return (fid if valid_id else None), head.type == "status"
+
+
+def decode_stream_batch(text: bytes) -> Batch:
+    """Decode a stream frame carrying an envelope; raise EnvelopeError or TooLarge."""
+    try:
+        fast = _fast_stream_decoder.decode(text)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        pass
+    else:
+        _check_size(len(fast.impressions))
+        if _all_sealed(fast.impressions):
+            return Batch(fast.device_id, fast.sent_at, list(fast.impressions), fast.id)
+    env = _decode_envelope(text, _stream_decoder)
+    _check_size(len(env.impressions))
+    items = [_decode_item(r) for r in env.impressions]
+    return Batch(env.device_id, env.sent_at, items, env.id)
+
+
+def decode_status(body: bytes) -> Status:
+    """Decode a status message; unknown fields are ignored, known ones are checked."""
+    try:
+        return _status_decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise EnvelopeError(f"expected a JSON status object: {exc}") from None
+    except msgspec.ValidationError as exc:
+        raise EnvelopeError(f"invalid status: {exc}") from None
+
+
+def record_json(record: Record) -> bytes:
+    """The record as JSON, as it would travel (checksum included)."""
+    return _encoder.encode(record)

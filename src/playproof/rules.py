@@ -1,0 +1,231 @@
+"""Pure policy (no I/O): playback, clock, staleness, flags, quality, and sequence gaps.
+
+The service applies these to every record; a device may apply them too, to tell
+early what the service will answer. Every threshold lives in `Policy`, whose
+defaults are PROTOCOL.md's values.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from typing import Final, NamedTuple
+
+import msgspec
+
+from playproof.protocol import Record
+
+MINUTE_MS: Final = 60_000
+HOUR_MS: Final = 60 * MINUTE_MS
+
+FLAG_CLOCK_SKEW: Final = "clock_skew"
+FLAG_CLOCK_UNSYNCED: Final = "clock_unsynced"
+FLAG_DURATION_MISMATCH: Final = "duration_mismatch"
+FLAG_OVERLONG: Final = "overlong"
+FLAG_STORE_MISMATCH: Final = "store_mismatch"
+FLAGS: Final = (
+    FLAG_CLOCK_SKEW,
+    FLAG_CLOCK_UNSYNCED,
+    FLAG_DURATION_MISMATCH,
+    FLAG_OVERLONG,
+    FLAG_STORE_MISMATCH,
+)
+
+
+class Policy(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Every threshold of the rules; the defaults are PROTOCOL.md's."""
+
+    # Percentages are integers so that "exactly 80 %" is decided exactly.
+    valid_percent: int = 80
+    skew_flag_ms: int = 10 * MINUTE_MS
+    skew_reject_ms: int = 30 * MINUTE_MS
+    future_tolerance_ms: int = 1_000
+    offline_limit_ms: int = 4 * HOUR_MS
+    sync_max_age_ms: int = HOUR_MS
+    duration_tolerance_ms: int = 2_000
+    overlong_percent: int = 150
+    penalty_clock_skew: int = 30
+    penalty_clock_unsynced: int = 20
+    penalty_duration_mismatch: int = 20
+    penalty_overlong: int = 10
+    penalty_store_mismatch: int = 20
+
+    def __post_init__(self) -> None:
+        """Refuse thresholds that make the rules meaningless."""
+        if not 0 < self.valid_percent <= 100:
+            raise ValueError(f"valid_percent must be in 1..100, got {self.valid_percent}")
+        if not 0 <= self.skew_flag_ms <= self.skew_reject_ms:
+            raise ValueError(
+                f"need 0 <= skew_flag_ms <= skew_reject_ms, got "
+                f"{self.skew_flag_ms} and {self.skew_reject_ms}"
+            )
+        for name in self.__struct_fields__:
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+
+DEFAULT_POLICY: Final = Policy()
+
+
+class Context(NamedTuple):
+    """What a batch tells about every record in it."""
+
+    device_id: str
+    store_id: str | None
+    sent_at: int
+    received_at: int
+
+    @property
+    def skew_ms(self) -> int:
+        """`sent_at - received_at`, as PROTOCOL.md defines skew."""
+        return self.sent_at - self.received_at
+
+
+class Verdict(NamedTuple):
+    """What the rules say of one record, before dedupe."""
+
+    reason: str | None
+    status: str | None = None
+    quality: int = 0
+    flags: tuple[str, ...] = ()
+
+    @property
+    def accepted(self) -> bool:
+        """Whether the record passes the rules."""
+        return self.reason is None
+
+
+def reject(reason: str) -> Verdict:
+    """A verdict that rejects with `reason`."""
+    return Verdict(reason)
+
+
+def play_status(record: Record, policy: Policy = DEFAULT_POLICY) -> str:
+    """`valid` when completed and played at least `valid_percent` of expected, else `partial`."""
+    enough = record.duration_ms * 100 >= policy.valid_percent * record.expected_ms
+    return "valid" if record.end_reason == "completed" and enough else "partial"
+
+
+def skew_band(skew_ms: int, policy: Policy = DEFAULT_POLICY) -> str:
+    """`ok`, `flag` or `reject` for a batch's skew, by the clock table."""
+    size = abs(skew_ms)
+    if size <= policy.skew_flag_ms:
+        return "ok"
+    return "flag" if size <= policy.skew_reject_ms else "reject"
+
+
+def is_future(record: Record, sent_at: int, policy: Policy = DEFAULT_POLICY) -> bool:
+    """Whether the play ended after the batch was sent (on the device's own clock)."""
+    return record.end_ts > sent_at + policy.future_tolerance_ms
+
+
+def is_stale(record: Record, sent_at: int, policy: Policy = DEFAULT_POLICY) -> bool:
+    """Whether the device held the record longer than the offline limit."""
+    return sent_at - record.end_ts > policy.offline_limit_ms
+
+
+def flags_for(record: Record, ctx: Context, policy: Policy = DEFAULT_POLICY) -> tuple[str, ...]:
+    """The quality flags a record earns; see the README for the service's policy."""
+    flags: list[str] = []
+    if skew_band(ctx.skew_ms, policy) == "flag":
+        flags.append(FLAG_CLOCK_SKEW)
+    if not record.clock_synced:
+        flags.append(FLAG_CLOCK_UNSYNCED)
+    wall = record.end_ts - record.start_ts
+    if abs(wall - record.duration_ms) > policy.duration_tolerance_ms:
+        flags.append(FLAG_DURATION_MISMATCH)
+    if record.duration_ms * 100 > policy.overlong_percent * record.expected_ms:
+        flags.append(FLAG_OVERLONG)
+    if ctx.store_id is not None and record.store_id != ctx.store_id:
+        flags.append(FLAG_STORE_MISMATCH)
+    return tuple(flags)
+
+
+def quality(flags: tuple[str, ...], policy: Policy = DEFAULT_POLICY) -> int:
+    """100 less the penalty of every flag, never below 0."""
+    penalty: int = sum(getattr(policy, f"penalty_{flag}") for flag in flags)
+    return max(0, 100 - penalty)
+
+
+def judge(record: Record, ctx: Context, policy: Policy = DEFAULT_POLICY) -> Verdict:
+    """Apply PROTOCOL.md section 5 to one record whose checksum has been verified."""
+    if record.device_id != ctx.device_id:
+        return reject("forbidden")
+    if record.start_ts > record.end_ts:
+        return reject("invalid")
+    if skew_band(ctx.skew_ms, policy) == "reject":
+        return reject("clock_skew")
+    if is_future(record, ctx.sent_at, policy):
+        return reject("future_timestamp")
+    if is_stale(record, ctx.sent_at, policy):
+        return reject("stale")
+    flags = flags_for(record, ctx, policy)
+    return Verdict(None, play_status(record, policy), quality(flags, policy), flags)
+
+
+# --- sequence gaps ---------------------------------------------------------
+
+
+class Gap(NamedTuple):
+    """Sequences `first..last` not yet received; `*_ts` are the neighbours' end times."""
+
+    first: int
+    last: int
+    before_ts: int
+    after_ts: int
+
+
+class SequenceState(NamedTuple):
+    """Per (device, journal): the highest sequence seen, its end time, and the open gaps."""
+
+    high_water: int
+    high_water_ts: int
+    gaps: tuple[Gap, ...]
+
+
+class SequenceChange(NamedTuple):
+    """What `advance` did: the new state, and the gaps closed and opened (for the store)."""
+
+    state: SequenceState
+    closed: tuple[Gap, ...]
+    opened: tuple[Gap, ...]
+
+
+def _split(gap: Gap, seq: int, ts: int) -> list[Gap]:
+    parts = []
+    if gap.first < seq:
+        parts.append(Gap(gap.first, seq - 1, gap.before_ts, ts))
+    if seq < gap.last:
+        parts.append(Gap(seq + 1, gap.last, ts, gap.after_ts))
+    return parts
+
+
+def _fill(gaps: list[Gap], seq: int, ts: int) -> tuple[Gap, list[Gap]] | None:
+    i = bisect_right(gaps, seq, key=lambda g: g.first) - 1
+    if i < 0 or gaps[i].last < seq:
+        return None
+    gap = gaps[i]
+    gaps[i : i + 1] = _split(gap, seq, ts)
+    return gap, gaps
+
+
+def advance(state: SequenceState, arrivals: list[tuple[int, int]]) -> SequenceChange:
+    """Apply arrivals `(seq, end_ts)`: raise the high-water mark, open and fill gaps."""
+    gaps = list(state.gaps)
+    before = set(state.gaps)
+    hw, hw_ts = state.high_water, state.high_water_ts
+    for seq, ts in sorted(arrivals):
+        if seq > hw:
+            if seq > hw + 1:
+                gaps.append(Gap(hw + 1, seq - 1, hw_ts if hw else ts, ts))
+            hw, hw_ts = seq, ts
+        else:
+            _fill(gaps, seq, ts)
+    after = set(gaps)
+    closed = tuple(sorted(before - after))
+    opened = tuple(sorted(after - before))
+    return SequenceChange(SequenceState(hw, hw_ts, tuple(gaps)), closed, opened)
+
+
+def is_lost(gap: Gap, now_ms: int, policy: Policy = DEFAULT_POLICY) -> bool:
+    """A gap whose neighbours are both older than the offline limit will never be filled."""
+    return now_ms - max(gap.before_ts, gap.after_ts) > policy.offline_limit_ms

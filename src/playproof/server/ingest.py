@@ -1,0 +1,106 @@
+"""The one ingest pipeline: decode → verify checksum → rules → dedupe → commit → ack.
+
+Both transports feed it: the HTTP batch route with a body, the stream with a
+frame. Authentication has happened before (the transport knows its caller);
+dedupe and commit happen in the store, through the group committer, and an
+ack leaves only after its records are durably committed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from playproof import protocol
+from playproof.errors import EnvelopeError, Forbidden, PlayproofError, ProtocolError
+from playproof.protocol import AckMessage, Batch, InvalidRecord, StreamAck, StreamError
+from playproof.rules import DEFAULT_POLICY, Context, Policy, judge, reject
+from playproof.server.committer import GroupCommitter
+from playproof.stores.base import BatchWrite, DeviceInfo, Judged, Store
+
+Clock = Callable[[], int]
+
+
+def wall_clock_ms() -> int:
+    """The service clock: UTC epoch milliseconds."""
+    return time.time_ns() // 1_000_000
+
+
+class Ingestor:
+    """Judges batches for an authenticated device and commits them through one committer."""
+
+    def __init__(
+        self,
+        store: Store,
+        committer: GroupCommitter,
+        policy: Policy = DEFAULT_POLICY,
+        clock: Clock = wall_clock_ms,
+    ) -> None:
+        self.store = store
+        self.committer = committer
+        self.policy = policy
+        self.clock = clock
+
+    def judge(self, batch: Batch, device: DeviceInfo, received_at: int) -> BatchWrite:
+        """Verify and apply the rules to every item of a batch from `device`."""
+        if batch.device_id != device.device_id:
+            raise Forbidden(
+                f"envelope is for device {batch.device_id!r}, "
+                f"but the token belongs to {device.device_id!r}"
+            )
+        ctx = Context(device.device_id, device.store_id, batch.sent_at, received_at)
+        judged = [self._judge_item(item, ctx) for item in batch.items]
+        return BatchWrite(device.device_id, batch.sent_at, received_at, judged)
+
+    def _judge_item(self, item: protocol.Record | InvalidRecord, ctx: Context) -> Judged:
+        if isinstance(item, InvalidRecord):
+            return Judged(item, reject("invalid"))
+        if not protocol.checksum_ok(item):
+            return Judged(item, reject("bad_checksum"))
+        return Judged(item, judge(item, ctx, self.policy))
+
+    async def ingest(self, batch: Batch, device: DeviceInfo, received_at: int) -> AckMessage:
+        """Judge and commit a decoded batch; the acks come back once it is durable."""
+        write = self.judge(batch, device, received_at)
+        acks = await self.committer.commit(write) if write.judged else []
+        return AckMessage(received_at, write.skew_ms, acks)
+
+    async def http_batch(self, body: bytes, device: DeviceInfo) -> AckMessage:
+        """The HTTP batch route's work: decode the body, then ingest it."""
+        received_at = self.clock()
+        return await self.ingest(protocol.decode_batch(body), device, received_at)
+
+    async def stream_frame(self, text: bytes, device: DeviceInfo) -> bytes | None:
+        """Answer one stream frame: an ack, an error, or None for a status frame."""
+        received_at = self.clock()
+        frame_id, is_status = protocol.frame_head(text)
+        try:
+            if is_status:
+                await self.status(text, device, received_at)
+                return None
+            batch = protocol.decode_stream_batch(text)
+            ack = await self.ingest(batch, device, received_at)
+        except (ProtocolError, Forbidden) as exc:
+            return protocol.encode(StreamError(frame_id, str(exc)))
+        except PlayproofError as exc:
+            return protocol.encode(StreamError(frame_id, f"not committed, send again: {exc}"))
+        return protocol.encode(
+            StreamAck(batch.frame_id or 0, ack.received_at, ack.skew_ms, ack.acks)
+        )
+
+    async def status(self, body: bytes, device: DeviceInfo, received_at: int) -> None:
+        """Store a status message from `device` as its latest health."""
+        status = protocol.decode_status(body)
+        if status.device_id != device.device_id:
+            raise Forbidden(
+                f"status is for device {status.device_id!r}, "
+                f"but the token belongs to {device.device_id!r}"
+            )
+        await self.store.save_status(status, received_at)
+
+
+def ensure_bytes(text: str | bytes) -> bytes:
+    """Frame text as bytes; a frame that is not UTF-8 text is an envelope error."""
+    if isinstance(text, bytes):
+        raise EnvelopeError("expected a text frame holding JSON, got a binary frame")
+    return text.encode()

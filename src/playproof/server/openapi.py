@@ -1,0 +1,177 @@
+"""The OpenAPI document for every HTTP route, with schemas generated from the wire types."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import msgspec
+
+from playproof import protocol
+from playproof.protocol import Ack, AckMessage, Id, Millis, Record, Status
+
+
+class BatchEnvelope(msgspec.Struct, forbid_unknown_fields=True):
+    """An envelope as a device sends it (section 3)."""
+
+    device_id: Id
+    sent_at: Millis
+    impressions: list[Record]
+
+
+class Error(msgspec.Struct):
+    """What every 4xx and 5xx answer carries."""
+
+    error: str
+
+
+class Health(msgspec.Struct):
+    """The answer of /healthz."""
+
+    status: str
+    store: str | None = None
+    error: str | None = None
+
+
+class StoredBlob(msgspec.Struct):
+    """The answer to a screenshot upload."""
+
+    sha256: str
+    size: int
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(name: str) -> dict[str, Any]:
+    return {"application/json": {"schema": _ref(name)}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": _json("Error")}
+
+
+AUTH_ERRORS = {
+    "401": _error("missing or unknown token"),
+    "403": _error("token revoked, or data for another device"),
+}
+BODY_ERRORS = {
+    "400": _error("not a well-formed body; nothing stored"),
+    "413": _error("over the size limits"),
+    "415": _error("another content type or encoding"),
+    "503": _error("the store cannot commit now; nothing acknowledged, send again"),
+}
+GZIP_HEADER = {
+    "name": "Content-Encoding",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "enum": ["gzip", "identity"]},
+}
+
+
+def _paths() -> dict[str, Any]:
+    return {
+        "/v1/impressions/batch": {
+            "post": {
+                "summary": "Upload a batch of impression records",
+                "operationId": "postBatch",
+                "security": [{"device": []}],
+                "parameters": [GZIP_HEADER],
+                "requestBody": {"required": True, "content": _json("BatchEnvelope")},
+                "responses": {
+                    "200": {
+                        "description": "one ack per record, in order, after commit",
+                        "content": _json("AckMessage"),
+                    },
+                    **AUTH_ERRORS,
+                    **BODY_ERRORS,
+                },
+            }
+        },
+        "/v1/devices/status": {
+            "post": {
+                "summary": "Report device health (not billed)",
+                "operationId": "postStatus",
+                "security": [{"device": []}],
+                "parameters": [GZIP_HEADER],
+                "requestBody": {"required": True, "content": _json("Status")},
+                "responses": {"204": {"description": "stored"}, **AUTH_ERRORS, **BODY_ERRORS},
+            }
+        },
+        "/v1/screenshots/{sha256}": {
+            "put": {
+                "summary": "Upload a proof screenshot, stored once by its SHA-256",
+                "operationId": "putScreenshot",
+                "security": [{"device": []}],
+                "parameters": [
+                    {
+                        "name": "sha256",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                    }
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "image/png": {"schema": {"type": "string", "format": "binary"}},
+                        "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+                    },
+                },
+                "responses": {
+                    "201": {"description": "stored now", "content": _json("StoredBlob")},
+                    "200": {"description": "already stored", "content": _json("StoredBlob")},
+                    **AUTH_ERRORS,
+                    **BODY_ERRORS,
+                },
+            }
+        },
+        "/healthz": {
+            "get": {
+                "summary": "Whether the service and its store answer",
+                "operationId": "healthz",
+                "responses": {
+                    "200": {"description": "healthy", "content": _json("Health")},
+                    "503": {"description": "store unavailable", "content": _json("Health")},
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "operationId": "openapi",
+                "responses": {"200": {"description": "the OpenAPI document"}},
+            }
+        },
+    }
+
+
+def _schemas() -> dict[str, Any]:
+    types = (BatchEnvelope, AckMessage, Ack, Status, Error, Health, StoredBlob)
+    _, components = msgspec.json.schema_components(
+        types, ref_template="#/components/schemas/{name}"
+    )
+    # The checksum is UNSET only on a record not yet sealed; on the wire it is required.
+    components["Record"]["required"].append("checksum")
+    return components
+
+
+@functools.cache
+def document() -> bytes:
+    """The OpenAPI 3.1 document, as JSON bytes."""
+    doc = {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "playproof ingest service",
+            "version": f"protocol v{protocol.VERSION}",
+            "description": "Proof-of-play impression ingest; see PROTOCOL.md. The stream "
+            "transport is the WebSocket GET /v1/stream, which OpenAPI does not describe.",
+        },
+        "paths": _paths(),
+        "components": {
+            "schemas": _schemas(),
+            "securitySchemes": {"device": {"type": "http", "scheme": "bearer"}},
+        },
+    }
+    return msgspec.json.encode(doc)

@@ -1,0 +1,49 @@
+"""The service's parts wired together: store, authenticator, committer, ingestor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from playproof.rules import DEFAULT_POLICY, Policy
+from playproof.server.auth import Authenticator
+from playproof.server.committer import GroupCommitter
+from playproof.server.ingest import Clock, Ingestor, wall_clock_ms
+from playproof.stores.base import Store
+
+MAX_SCREENSHOT_BYTES = 10 * 1024 * 1024
+
+
+@dataclass
+class Limits:
+    """Bounds on what one request may cost."""
+
+    screenshot_bytes: int = MAX_SCREENSHOT_BYTES
+    commit_records: int = 20_000
+    commit_workers: int = 1
+
+
+@dataclass
+class Service:
+    """Everything a running service holds; the ASGI app reaches it through app.state."""
+
+    store: Store
+    policy: Policy = DEFAULT_POLICY
+    clock: Clock = wall_clock_ms
+    limits: Limits = field(default_factory=Limits)
+
+    def __post_init__(self) -> None:
+        self.auth = Authenticator(self.store)
+        self.committer = GroupCommitter(
+            self.store, self.limits.commit_records, self.limits.commit_workers
+        )
+        self.ingestor = Ingestor(self.store, self.committer, self.policy, self.clock)
+
+    async def start(self) -> None:
+        """Open the store (migrating it) and start committing."""
+        await self.store.open()
+        self.committer.start()
+
+    async def stop(self) -> None:
+        """Stop committing and close the store."""
+        await self.committer.stop()
+        await self.store.close()

@@ -1,0 +1,316 @@
+"""The one store interface, and the commit plan every store shares.
+
+A store commits groups of batches in one transaction. What each record becomes
+(accepted, duplicate, rejected and why) is decided here, by `plan_commit`, from
+the rules' verdicts and what the store already holds, so that every store
+answers exactly alike; the stores only read and write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol
+
+from playproof.protocol import Ack, InvalidRecord, Record, Status, record_json
+from playproof.rules import Gap, SequenceChange, SequenceState, Verdict, advance
+from playproof.stores.blobs import BlobStore
+
+Key = tuple[str, str, int]
+JournalKey = tuple[str, str]
+
+IMPRESSION_COLUMNS: tuple[str, ...] = (
+    "device_id",
+    "journal_id",
+    "seq",
+    "campaign_id",
+    "ad_group_id",
+    "content_id",
+    "store_id",
+    "supplier_id",
+    "start_ts",
+    "end_ts",
+    "duration_ms",
+    "expected_ms",
+    "end_reason",
+    "clock_offset_ms",
+    "clock_synced",
+    "screenshot_sha256",
+    "screenshot_at_ms",
+    "checksum",
+    "status",
+    "quality",
+    "flags",
+    "verification",
+    "received_at",
+    "skew_ms",
+)
+
+REJECT_COLUMNS: tuple[str, ...] = (
+    "submitted_by",
+    "device_id",
+    "journal_id",
+    "seq",
+    "checksum",
+    "reason",
+    "detail",
+    "raw",
+    "sent_at",
+    "received_at",
+    "skew_ms",
+)
+
+
+class DeviceInfo(NamedTuple):
+    """A registered device."""
+
+    device_id: str
+    store_id: str
+    created_at: int
+    revoked_at: int | None
+
+
+class Credential(NamedTuple):
+    """A device with the token hash stored for it."""
+
+    device: DeviceInfo
+    token_hash: str
+
+
+class Judged(NamedTuple):
+    """One item of a batch with the rules' verdict on it."""
+
+    item: Record | InvalidRecord
+    verdict: Verdict
+
+
+class BatchWrite(NamedTuple):
+    """One batch, judged, ready to commit for the authenticated device."""
+
+    device_id: str
+    sent_at: int
+    received_at: int
+    judged: list[Judged]
+
+    @property
+    def skew_ms(self) -> int:
+        """`sent_at - received_at`."""
+        return self.sent_at - self.received_at
+
+
+class JournalInfo(NamedTuple):
+    """Sequence state of one (device, journal)."""
+
+    device_id: str
+    journal_id: str
+    high_water: int
+    first_seen: int
+    last_seen: int
+    gaps: tuple[Gap, ...]
+
+
+class RejectInfo(NamedTuple):
+    """A rejected record, kept for audit."""
+
+    id: int
+    submitted_by: str
+    device_id: str | None
+    journal_id: str | None
+    seq: int | None
+    checksum: str | None
+    reason: str
+    detail: str
+    raw: str
+    sent_at: int
+    received_at: int
+    times: int
+
+
+class StatusInfo(NamedTuple):
+    """A device's latest status, with what the service has accumulated from all of them."""
+
+    device_id: str
+    received_at: int
+    status: Status
+    evicted_total: int
+    evicted_ranges: tuple[tuple[str, int, int], ...]
+
+
+class Store(Protocol):
+    """What the ingest service needs of a store; SQLite and PostgreSQL implement it."""
+
+    url: str
+    blobs: BlobStore
+
+    async def open(self) -> None:
+        """Connect, and bring the schema up to date."""
+
+    async def close(self) -> None:
+        """Release connections and threads."""
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable unless the store answers now."""
+
+    async def commit(self, writes: Sequence[BatchWrite]) -> list[list[Ack]]:
+        """Commit batches in one durable transaction; return each batch's acks."""
+
+    async def add_device(self, device: DeviceInfo, token_hash: str) -> None:
+        """Register a device; Conflict if it exists."""
+
+    async def device_for_token(self, token_hash: str) -> Credential | None:
+        """The device holding this token hash, revoked or not, with the stored hash."""
+
+    async def get_device(self, device_id: str) -> DeviceInfo | None:
+        """One registered device."""
+
+    async def list_devices(self) -> list[DeviceInfo]:
+        """Every registered device, by id."""
+
+    async def revoke_device(self, device_id: str, now: int) -> None:
+        """Revoke a device's token; NotFound if there is no such device."""
+
+    async def save_status(self, status: Status, received_at: int) -> None:
+        """Keep a device's latest status and accumulate its evictions."""
+
+    async def latest_status(self, device_id: str) -> StatusInfo | None:
+        """A device's latest status."""
+
+    async def add_screenshot(
+        self, sha256: str, content_type: str, size: int, device_id: str, now: int
+    ) -> bool:
+        """Record a stored screenshot blob; False when it was known already."""
+
+    async def journals(self, device_id: str | None = None) -> list[JournalInfo]:
+        """Sequence state per (device, journal)."""
+
+    async def rejects(
+        self, device_id: str | None = None, reason: str | None = None, limit: int = 100
+    ) -> list[RejectInfo]:
+        """Rejected records, newest first."""
+
+
+@dataclass
+class CommitPlan:
+    """The rows to write and the acks to give for a group of batches."""
+
+    acks: list[list[Ack]] = field(default_factory=list)
+    impressions: list[tuple[Any, ...]] = field(default_factory=list)
+    rejects: list[tuple[Any, ...]] = field(default_factory=list)
+    arrivals: dict[JournalKey, list[tuple[int, int]]] = field(default_factory=dict)
+
+
+def _tracked(record: Record, verdict: Verdict) -> bool:
+    # A forbidden record names another device and a bad checksum makes the key
+    # itself untrustworthy: neither may move anyone's sequence state.
+    return verdict.reason not in ("forbidden", "bad_checksum")
+
+
+def tracked_keys(writes: Sequence[BatchWrite]) -> dict[JournalKey, list[int]]:
+    """Per journal, the sequences whose stored checksum the plan needs to know."""
+    keys: dict[JournalKey, list[int]] = {}
+    for write in writes:
+        for item, verdict in write.judged:
+            if isinstance(item, Record) and _tracked(item, verdict):
+                keys.setdefault((item.device_id, item.journal_id), []).append(item.seq)
+    return keys
+
+
+def impression_row(record: Record, verdict: Verdict, write: BatchWrite) -> tuple[Any, ...]:
+    """A record and its verdict as a row in IMPRESSION_COLUMNS order."""
+    verification = "pending" if verdict.status == "valid" else None
+    return (
+        *(getattr(record, name) for name in IMPRESSION_COLUMNS[:18]),
+        verdict.status,
+        verdict.quality,
+        ",".join(verdict.flags),
+        verification,
+        write.received_at,
+        write.skew_ms,
+    )
+
+
+def reject_row(
+    write: BatchWrite, item: Record | InvalidRecord, reason: str, detail: str
+) -> tuple[Any, ...]:
+    """A rejected item as a row in REJECT_COLUMNS order."""
+    if isinstance(item, InvalidRecord):
+        key: tuple[Any, ...] = (None, None, item.seq, None)
+        raw = item.raw.decode("utf-8", "replace")
+    else:
+        key = (item.device_id, item.journal_id, item.seq, item.checksum)
+        raw = record_json(item).decode()
+    return (
+        write.device_id,
+        *key,
+        reason,
+        detail,
+        raw,
+        write.sent_at,
+        write.received_at,
+        write.skew_ms,
+    )
+
+
+def _plan_record(
+    plan: CommitPlan,
+    write: BatchWrite,
+    record: Record,
+    verdict: Verdict,
+    existing: dict[Key, str],
+) -> Ack:
+    if _tracked(record, verdict):
+        arrival = (record.seq, record.end_ts - write.skew_ms)
+        plan.arrivals.setdefault((record.device_id, record.journal_id), []).append(arrival)
+        stored = existing.get((record.device_id, record.journal_id, record.seq))
+        if stored == record.checksum:
+            return Ack(record.seq, "duplicate")
+        if stored is not None:
+            detail = f"sequence already stored with checksum {stored}"
+            plan.rejects.append(reject_row(write, record, "conflict", detail))
+            return Ack(record.seq, "rejected", reason="conflict")
+    if verdict.reason is not None:
+        plan.rejects.append(reject_row(write, record, verdict.reason, ""))
+        return Ack(record.seq, "rejected", reason=verdict.reason)  # type: ignore[arg-type]
+    existing[(record.device_id, record.journal_id, record.seq)] = str(record.checksum)
+    plan.impressions.append(impression_row(record, verdict, write))
+    return Ack(record.seq, "accepted", verdict.status, verdict.quality, list(verdict.flags))  # type: ignore[arg-type]
+
+
+def plan_commit(writes: Sequence[BatchWrite], existing: Mapping[Key, str]) -> CommitPlan:
+    """Decide every record's ack from its verdict and the checksums already stored.
+
+    Dedupe comes before the rules' rejections: a record already stored is a
+    duplicate even if, resent late, it would now be stale.
+    """
+    plan = CommitPlan()
+    seen = dict(existing)
+    for write in writes:
+        acks = []
+        for item, verdict in write.judged:
+            if isinstance(item, InvalidRecord):
+                plan.rejects.append(reject_row(write, item, "invalid", item.error))
+                acks.append(Ack(item.seq, "rejected", reason="invalid"))
+            else:
+                acks.append(_plan_record(plan, write, item, verdict, seen))
+        plan.acks.append(acks)
+    return plan
+
+
+def empty_state() -> SequenceState:
+    """The sequence state of a journal never seen before."""
+    return SequenceState(0, 0, ())
+
+
+def sequence_changes(
+    arrivals: Mapping[JournalKey, list[tuple[int, int]]],
+    states: Mapping[JournalKey, SequenceState],
+) -> dict[JournalKey, SequenceChange]:
+    """Per journal, how the arrivals of a commit move its sequence state."""
+    return {key: advance(states.get(key, empty_state()), seqs) for key, seqs in arrivals.items()}
+
+
+def needs_lookup(seqs: Sequence[int], state: SequenceState | None) -> list[int]:
+    """The sequences that may already be stored: none above the high-water mark can be."""
+    if state is None:
+        return []
+    return [s for s in seqs if s <= state.high_water]

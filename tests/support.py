@@ -1,0 +1,181 @@
+"""Helpers shared by the test suite: records, real server processes, provisioning."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from playproof.protocol import Record, seal
+from playproof.server import admin
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "protocol"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def now_ms() -> int:
+    """The wall clock in epoch milliseconds."""
+    return time.time_ns() // 1_000_000
+
+
+def record_fields(**overrides: Any) -> dict[str, Any]:
+    """A complete, valid record's fields (unsealed), a play that ended a second ago."""
+    end = overrides.pop("end_ts", None) or now_ms() - 1000
+    fields: dict[str, Any] = {
+        "v": 1,
+        "device_id": "scr-1",
+        "journal_id": "j-1",
+        "seq": 1,
+        "campaign_id": "cmp-1",
+        "ad_group_id": "ag-1",
+        "content_id": "cnt-1",
+        "store_id": "store-1",
+        "supplier_id": "sup-1",
+        "start_ts": end - 15_000,
+        "end_ts": end,
+        "duration_ms": 15_000,
+        "expected_ms": 15_000,
+        "end_reason": "completed",
+        "clock_offset_ms": 0,
+        "clock_synced": True,
+        "screenshot_sha256": None,
+        "screenshot_at_ms": None,
+    }
+    fields.update(overrides)
+    return fields
+
+
+def make_record(**overrides: Any) -> Record:
+    """A sealed record with valid defaults; any field can be overridden."""
+    return seal(Record(**record_fields(**overrides)))
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def provision(db_url: str, device_id: str, store_id: str = "store-1") -> str:
+    """Register a device through the public admin API and return its token."""
+
+    async def add() -> str:
+        async with admin.opened(db_url) as store:
+            return await admin.add_device(store, device_id, store_id)
+
+    return asyncio.run(add())
+
+
+class ServerProcess:
+    """`playproof serve` in a real process on a free port."""
+
+    def __init__(self, db_url: str, *extra: str, env: dict[str, str] | None = None) -> None:
+        self.db_url = db_url
+        self.extra = extra
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+        self.log = b""
+
+    def start(self, timeout: float = 30.0) -> str:
+        """Start the process and return its base URL once it answers /healthz."""
+        cmd = [
+            sys.executable,
+            "-m",
+            "playproof",
+            "serve",
+            "--db",
+            self.db_url,
+            "--port",
+            "0",
+            "--log-level",
+            "warning",
+            *self.extra,
+        ]
+        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, env=self.env)
+        self.url = self._await_ready(timeout)
+        return self.url
+
+    def _await_ready(self, timeout: float) -> str:
+        assert self.proc is not None and self.proc.stderr is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stderr.readline()
+            self.log += line
+            match = re.search(rb"playproof serving on (http://\S+)", line)
+            if match:
+                _drain(self.proc)
+                return match.group(1).decode()
+            if not line and self.proc.poll() is not None:
+                break
+        raise RuntimeError(f"server did not start: {self.log.decode(errors='replace')}")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no flush."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> int:
+        """SIGTERM and wait; return the exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+    def __enter__(self) -> ServerProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+
+
+def _drain(proc: subprocess.Popen[bytes]) -> None:
+    """Keep reading stderr in the background so the server never blocks on a full pipe."""
+    import threading
+
+    def pump() -> None:
+        assert proc.stderr is not None
+        for _ in proc.stderr:
+            pass
+
+    threading.Thread(target=pump, daemon=True).start()
+
+
+def envelope(
+    records: list[Record], device_id: str = "scr-1", sent_at: int | None = None
+) -> dict[str, Any]:
+    """An envelope around records, sent now unless told otherwise."""
+    import json
+
+    from playproof.protocol import encode
+
+    return {
+        "device_id": device_id,
+        "sent_at": now_ms() if sent_at is None else sent_at,
+        "impressions": [json.loads(encode(r)) for r in records],
+    }
+
+
+def client(url: str, token: str | None = None) -> httpx.Client:
+    """An HTTP client for the service, with the device token when given."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.Client(base_url=url, headers=headers, timeout=30)

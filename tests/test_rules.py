@@ -1,0 +1,195 @@
+"""The rules of PROTOCOL.md section 5, with hypothesis pinning every boundary."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from playproof.rules import (
+    DEFAULT_POLICY,
+    HOUR_MS,
+    MINUTE_MS,
+    Context,
+    Gap,
+    Policy,
+    SequenceState,
+    advance,
+    is_lost,
+    judge,
+    play_status,
+    quality,
+    skew_band,
+)
+from tests.support import make_record
+
+NOW = 1_795_481_423_123
+expected_ms = st.integers(min_value=1, max_value=10**9)
+skews = st.integers(min_value=0, max_value=24 * HOUR_MS)
+
+
+def ctx(sent_at: int = NOW, received_at: int = NOW, store: str | None = "store-1") -> Context:
+    return Context("scr-1", store, sent_at, received_at)
+
+
+@given(expected=expected_ms)
+def test_exactly_80_percent_completed_is_valid(expected: int) -> None:
+    exact = -(-expected * 80 // 100)  # the smallest duration with duration*100 >= 80*expected
+    assert play_status(make_record(expected_ms=expected, duration_ms=exact)) == "valid"
+    assert play_status(make_record(expected_ms=expected, duration_ms=exact - 1)) == "partial"
+
+
+@given(
+    expected=expected_ms,
+    reason=st.sampled_from(["skipped", "interrupted", "error", "device_restart"]),
+)
+def test_anything_but_completed_is_partial_however_long(expected: int, reason: str) -> None:
+    assert (
+        play_status(make_record(expected_ms=expected, duration_ms=expected, end_reason=reason))
+        == "partial"
+    )
+
+
+@given(skew=skews, sign=st.sampled_from([1, -1]))
+def test_clock_bands_at_exactly_10_and_30_minutes(skew: int, sign: int) -> None:
+    band = skew_band(sign * skew)
+    if skew <= 10 * MINUTE_MS:
+        assert band == "ok"
+    elif skew <= 30 * MINUTE_MS:
+        assert band == "flag"
+    else:
+        assert band == "reject"
+
+
+def test_clock_band_edges_exactly() -> None:
+    assert skew_band(10 * MINUTE_MS) == "ok" and skew_band(-10 * MINUTE_MS) == "ok"
+    assert skew_band(10 * MINUTE_MS + 1) == "flag" and skew_band(30 * MINUTE_MS) == "flag"
+    assert skew_band(-30 * MINUTE_MS - 1) == "reject"
+
+
+@given(
+    skew=st.integers(min_value=30 * MINUTE_MS + 1, max_value=48 * HOUR_MS),
+    sign=st.sampled_from([1, -1]),
+)
+def test_a_batch_skewed_past_30_minutes_is_rejected_whatever_its_records(
+    skew: int, sign: int
+) -> None:
+    sent_at = NOW + sign * skew
+    record = make_record(end_ts=sent_at - 1000)
+    assert judge(record, ctx(sent_at=sent_at)).reason == "clock_skew"
+
+
+@given(skew=st.integers(min_value=10 * MINUTE_MS + 1, max_value=30 * MINUTE_MS))
+def test_a_skew_between_10_and_30_minutes_is_accepted_with_a_flag(skew: int) -> None:
+    record = make_record(end_ts=NOW + skew - 1000)
+    verdict = judge(record, ctx(sent_at=NOW + skew))
+    assert verdict.accepted and "clock_skew" in verdict.flags and verdict.quality < 100
+
+
+@given(
+    past=st.integers(min_value=-(10**9), max_value=10**9),
+    skew=st.integers(-30 * MINUTE_MS, 30 * MINUTE_MS),
+)
+def test_an_end_more_than_1_second_past_sent_at_is_a_future_timestamp(past: int, skew: int) -> None:
+    sent_at = NOW + skew
+    end = sent_at + past
+    verdict = judge(make_record(end_ts=end, start_ts=end - 15_000), ctx(sent_at=sent_at))
+    assert (verdict.reason == "future_timestamp") == (past > 1000)
+
+
+@given(
+    age=st.integers(min_value=-1000, max_value=12 * HOUR_MS),
+    skew=st.integers(-30 * MINUTE_MS, 30 * MINUTE_MS),
+)
+def test_staleness_is_sent_at_minus_end_past_exactly_4_hours(age: int, skew: int) -> None:
+    sent_at = NOW + skew  # the device's clock: skew must neither age nor rejuvenate
+    end = sent_at - age
+    verdict = judge(make_record(end_ts=end, start_ts=end - 15_000), ctx(sent_at=sent_at))
+    assert (verdict.reason == "stale") == (age > 4 * HOUR_MS)
+
+
+def test_start_after_end_is_invalid() -> None:
+    assert judge(make_record(start_ts=NOW - 10, end_ts=NOW - 20), ctx()).reason == "invalid"
+
+
+def test_a_record_for_another_device_is_forbidden() -> None:
+    assert judge(make_record(device_id="scr-2"), ctx()).reason == "forbidden"
+
+
+def test_flags_each_lower_quality() -> None:
+    base = make_record(end_ts=NOW - 1000)
+    assert judge(base, ctx()).flags == () and judge(base, ctx()).quality == 100
+    cases = {
+        "clock_unsynced": make_record(end_ts=NOW - 1000, clock_synced=False),
+        "duration_mismatch": make_record(end_ts=NOW - 1000, start_ts=NOW - 60_000),
+        "overlong": make_record(end_ts=NOW - 1000, start_ts=NOW - 61_000, duration_ms=60_000),
+        "store_mismatch": make_record(end_ts=NOW - 1000, store_id="store-9"),
+    }
+    for flag, record in cases.items():
+        verdict = judge(record, ctx())
+        assert flag in verdict.flags and verdict.quality < 100, flag
+
+
+@given(
+    flags=st.lists(
+        st.sampled_from(
+            ["clock_skew", "clock_unsynced", "duration_mismatch", "overlong", "store_mismatch"]
+        ),
+        unique=True,
+    )
+)
+def test_quality_stays_between_0_and_100(flags: list[str]) -> None:
+    assert 0 <= quality(tuple(flags)) <= 100
+
+
+def test_every_threshold_is_policy() -> None:
+    strict = Policy(offline_limit_ms=HOUR_MS, valid_percent=100)
+    record = make_record(end_ts=NOW - 2 * HOUR_MS, start_ts=NOW - 2 * HOUR_MS - 15_000)
+    assert judge(record, ctx(), DEFAULT_POLICY).accepted
+    assert judge(record, ctx(), strict).reason == "stale"
+    assert play_status(make_record(duration_ms=14_999), strict) == "partial"
+
+
+# --- sequences ---------------------------------------------------------------
+
+arrival_lists = st.lists(st.lists(st.integers(min_value=1, max_value=60), max_size=12), max_size=8)
+
+
+@given(batches=arrival_lists)
+def test_gaps_are_exactly_the_sequences_below_high_water_never_received(
+    batches: list[list[int]],
+) -> None:
+    state = SequenceState(0, 0, ())
+    received: set[int] = set()
+    for batch in batches:
+        state = advance(state, [(s, s * 1000) for s in batch]).state
+        received.update(batch)
+    high = max(received, default=0)
+    assert state.high_water == high
+    in_gaps = {s for g in state.gaps for s in range(g.first, g.last + 1)}
+    assert in_gaps == set(range(1, high + 1)) - received
+    firsts = [g.first for g in state.gaps]
+    assert firsts == sorted(firsts)
+
+
+@given(batches=arrival_lists)
+def test_closed_and_opened_gaps_replay_to_the_new_state(batches: list[list[int]]) -> None:
+    state = SequenceState(0, 0, ())
+    stored: set[Gap] = set()
+    for batch in batches:
+        change = advance(state, [(s, s) for s in batch])
+        stored = (stored - set(change.closed)) | set(change.opened)
+        state = change.state
+        assert stored == set(state.gaps)
+
+
+def test_a_late_record_splits_a_gap_and_neighbour_times_follow() -> None:
+    state = advance(SequenceState(0, 0, ()), [(1, 100), (5, 500)]).state
+    assert state.gaps == (Gap(2, 4, 100, 500),)
+    state = advance(state, [(3, 300)]).state
+    assert state.gaps == (Gap(2, 2, 100, 300), Gap(4, 4, 300, 500))
+
+
+def test_a_gap_is_lost_once_both_neighbours_are_older_than_4_hours() -> None:
+    gap = Gap(2, 4, NOW - 5 * HOUR_MS, NOW - 4 * HOUR_MS)
+    assert not is_lost(gap, NOW)
+    assert is_lost(gap, NOW + 1)
