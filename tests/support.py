@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +76,9 @@ def provision(db_url: str, device_id: str, store_id: str = "store-1") -> str:
         async with admin.opened(db_url) as store:
             return await admin.add_device(store, device_id, store_id)
 
-    return asyncio.run(add())
+    # A thread of its own, so that async tests (with a loop running) can call it too.
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(lambda: asyncio.run(add())).result()
 
 
 class ServerProcess:
