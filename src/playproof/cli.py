@@ -146,6 +146,21 @@ def devices_revoke(
     err.print(f"revoked {device_id}")
 
 
+@devices.command("rotate")
+def devices_rotate(
+    device_id: Annotated[str, typer.Argument(help="The device to give a new token.")],
+    db_url: DbOption = DEFAULT_URL,
+) -> None:
+    """Give a device a new token (the only line on stdout); the old one stops working."""
+    from playproof.server import admin
+
+    async def rotate() -> str:
+        async with admin.opened(db_url) as store:
+            return await admin.rotate_device(store, device_id)
+
+    print(run(rotate))
+
+
 @devices.command("show")
 def devices_show(
     device_id: Annotated[str, typer.Argument(help="The device to show.")],
@@ -162,6 +177,14 @@ def devices_show(
             return await admin.device_health(store, device_id, policy=policy)
 
     print(json.dumps(run(show), indent=2))
+
+
+@app.command()
+def demo(port: Annotated[int, typer.Option(help="Port to serve on.")] = 8787) -> None:
+    """Serve on the embedded SQLite default with a demo device and an example request."""
+    from playproof import demo as demo_module
+
+    demo_module.run(port)
 
 
 @db.command("upgrade")

@@ -113,31 +113,9 @@ def skew_band(skew_ms: int, policy: Policy = DEFAULT_POLICY) -> str:
     return "flag" if size <= policy.skew_reject_ms else "reject"
 
 
-def is_future(record: Record, sent_at: int, policy: Policy = DEFAULT_POLICY) -> bool:
-    """Whether the play ended after the batch was sent (on the device's own clock)."""
-    return record.end_ts > sent_at + policy.future_tolerance_ms
-
-
-def is_stale(record: Record, sent_at: int, policy: Policy = DEFAULT_POLICY) -> bool:
-    """Whether the device held the record longer than the offline limit."""
-    return sent_at - record.end_ts > policy.offline_limit_ms
-
-
 def flags_for(record: Record, ctx: Context, policy: Policy = DEFAULT_POLICY) -> tuple[str, ...]:
     """The quality flags a record earns; see the README for the service's policy."""
-    flags: list[str] = []
-    if skew_band(ctx.skew_ms, policy) == "flag":
-        flags.append(FLAG_CLOCK_SKEW)
-    if not record.clock_synced:
-        flags.append(FLAG_CLOCK_UNSYNCED)
-    wall = record.end_ts - record.start_ts
-    if abs(wall - record.duration_ms) > policy.duration_tolerance_ms:
-        flags.append(FLAG_DURATION_MISMATCH)
-    if record.duration_ms * 100 > policy.overlong_percent * record.expected_ms:
-        flags.append(FLAG_OVERLONG)
-    if ctx.store_id is not None and record.store_id != ctx.store_id:
-        flags.append(FLAG_STORE_MISMATCH)
-    return tuple(flags)
+    return Judge(ctx, policy).flags(record)
 
 
 def quality(flags: tuple[str, ...], policy: Policy = DEFAULT_POLICY) -> int:
@@ -146,20 +124,63 @@ def quality(flags: tuple[str, ...], policy: Policy = DEFAULT_POLICY) -> int:
     return max(0, 100 - penalty)
 
 
+class Judge:
+    """The rules bound to one batch's context, so that each record costs a few comparisons.
+
+    A batch shares `sent_at`, `received_at` and the device, so the clock band,
+    the future and stale limits and the verdicts themselves are worked out
+    once; a service judging a thousand records a batch spends its time here.
+    """
+
+    def __init__(self, ctx: Context, policy: Policy = DEFAULT_POLICY) -> None:
+        self.ctx = ctx
+        self.policy = policy
+        band = skew_band(ctx.skew_ms, policy)
+        self._skew_rejected = band == "reject"
+        self._skew_flags: tuple[str, ...] = (FLAG_CLOCK_SKEW,) if band == "flag" else ()
+        self._future_after = ctx.sent_at + policy.future_tolerance_ms
+        self._stale_before = ctx.sent_at - policy.offline_limit_ms
+        self._verdicts: dict[tuple[str, tuple[str, ...]], Verdict] = {}
+
+    def flags(self, record: Record) -> tuple[str, ...]:
+        """The quality flags a record earns in this batch."""
+        policy = self.policy
+        flags = self._skew_flags
+        if not record.clock_synced:
+            flags += (FLAG_CLOCK_UNSYNCED,)
+        wall = record.end_ts - record.start_ts
+        if abs(wall - record.duration_ms) > policy.duration_tolerance_ms:
+            flags += (FLAG_DURATION_MISMATCH,)
+        if record.duration_ms * 100 > policy.overlong_percent * record.expected_ms:
+            flags += (FLAG_OVERLONG,)
+        if self.ctx.store_id is not None and record.store_id != self.ctx.store_id:
+            flags += (FLAG_STORE_MISMATCH,)
+        return flags
+
+    def __call__(self, record: Record) -> Verdict:
+        """Apply PROTOCOL.md section 5 to one record whose checksum has been verified."""
+        if record.device_id != self.ctx.device_id:
+            return reject("forbidden")
+        if record.start_ts > record.end_ts:
+            return reject("invalid")
+        if self._skew_rejected:
+            return reject("clock_skew")
+        if record.end_ts > self._future_after:
+            return reject("future_timestamp")
+        if record.end_ts < self._stale_before:
+            return reject("stale")
+        key = (play_status(record, self.policy), self.flags(record))
+        verdict = self._verdicts.get(key)
+        if verdict is None:
+            verdict = self._verdicts[key] = Verdict(
+                None, key[0], quality(key[1], self.policy), key[1]
+            )
+        return verdict
+
+
 def judge(record: Record, ctx: Context, policy: Policy = DEFAULT_POLICY) -> Verdict:
     """Apply PROTOCOL.md section 5 to one record whose checksum has been verified."""
-    if record.device_id != ctx.device_id:
-        return reject("forbidden")
-    if record.start_ts > record.end_ts:
-        return reject("invalid")
-    if skew_band(ctx.skew_ms, policy) == "reject":
-        return reject("clock_skew")
-    if is_future(record, ctx.sent_at, policy):
-        return reject("future_timestamp")
-    if is_stale(record, ctx.sent_at, policy):
-        return reject("stale")
-    flags = flags_for(record, ctx, policy)
-    return Verdict(None, play_status(record, policy), quality(flags, policy), flags)
+    return Judge(ctx, policy)(record)
 
 
 # --- sequence gaps ---------------------------------------------------------

@@ -49,6 +49,13 @@ async def add_device(store: Store, device_id: str, store_id: str) -> str:
     return token
 
 
+async def rotate_device(store: Store, device_id: str) -> str:
+    """Give a device a new bearer token and return it; the old one stops working."""
+    token = new_token()
+    await store.rotate_device(device_id, hash_token(token))
+    return token
+
+
 async def revoke_device(store: Store, device_id: str) -> None:
     """Revoke a device's token."""
     await store.revoke_device(device_id, wall_clock_ms())

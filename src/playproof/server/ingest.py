@@ -14,7 +14,7 @@ from collections.abc import Callable
 from playproof import protocol
 from playproof.errors import EnvelopeError, Forbidden, PlayproofError, ProtocolError
 from playproof.protocol import AckMessage, Batch, InvalidRecord, StreamAck, StreamError
-from playproof.rules import DEFAULT_POLICY, Context, Policy, judge, reject
+from playproof.rules import DEFAULT_POLICY, Context, Judge, Policy, reject
 from playproof.server.committer import GroupCommitter
 from playproof.stores.base import BatchWrite, DeviceInfo, Judged, Store
 
@@ -48,16 +48,18 @@ class Ingestor:
                 f"envelope is for device {batch.device_id!r}, "
                 f"but the token belongs to {device.device_id!r}"
             )
-        ctx = Context(device.device_id, device.store_id, batch.sent_at, received_at)
-        judged = [self._judge_item(item, ctx) for item in batch.items]
+        rules = Judge(
+            Context(device.device_id, device.store_id, batch.sent_at, received_at), self.policy
+        )
+        judged = [self._judge_item(item, rules) for item in batch.items]
         return BatchWrite(device.device_id, batch.sent_at, received_at, judged)
 
-    def _judge_item(self, item: protocol.Record | InvalidRecord, ctx: Context) -> Judged:
+    def _judge_item(self, item: protocol.Record | InvalidRecord, rules: Judge) -> Judged:
         if isinstance(item, InvalidRecord):
             return Judged(item, reject("invalid"))
         if not protocol.checksum_ok(item):
             return Judged(item, reject("bad_checksum"))
-        return Judged(item, judge(item, ctx, self.policy))
+        return Judged(item, rules(item))
 
     async def ingest(self, batch: Batch, device: DeviceInfo, received_at: int) -> AckMessage:
         """Judge and commit a decoded batch; the acks come back once it is durable."""

@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
+from msgspec.structs import astuple
+
 from playproof.protocol import Ack, InvalidRecord, Record, Status, record_json
 from playproof.rules import Gap, SequenceChange, SequenceState, Verdict, advance
 from playproof.stores.blobs import BlobStore
@@ -19,25 +21,11 @@ from playproof.stores.blobs import BlobStore
 Key = tuple[str, str, int]
 JournalKey = tuple[str, str]
 
+# The record's fields in declaration order (code-point order, `v` last and not
+# stored), then what the service adds; rows are built with one `astuple`.
+RECORD_COLUMNS: tuple[str, ...] = tuple(f for f in Record.__struct_fields__ if f != "v")
 IMPRESSION_COLUMNS: tuple[str, ...] = (
-    "device_id",
-    "journal_id",
-    "seq",
-    "campaign_id",
-    "ad_group_id",
-    "content_id",
-    "store_id",
-    "supplier_id",
-    "start_ts",
-    "end_ts",
-    "duration_ms",
-    "expected_ms",
-    "end_reason",
-    "clock_offset_ms",
-    "clock_synced",
-    "screenshot_sha256",
-    "screenshot_at_ms",
-    "checksum",
+    *RECORD_COLUMNS,
     "status",
     "quality",
     "flags",
@@ -45,6 +33,7 @@ IMPRESSION_COLUMNS: tuple[str, ...] = (
     "received_at",
     "skew_ms",
 )
+assert Record.__struct_fields__[-1] == "v", "rows are built from astuple(record)[:-1]"
 
 REJECT_COLUMNS: tuple[str, ...] = (
     "submitted_by",
@@ -169,6 +158,9 @@ class Store(Protocol):
     async def revoke_device(self, device_id: str, now: int) -> None:
         """Revoke a device's token; NotFound if there is no such device."""
 
+    async def rotate_device(self, device_id: str, token_hash: str) -> None:
+        """Give a device a new token (the old one stops working, a revocation is lifted)."""
+
     async def save_status(self, status: Status, received_at: int) -> None:
         """Keep a device's latest status and accumulate its evictions."""
 
@@ -219,7 +211,7 @@ def impression_row(record: Record, verdict: Verdict, write: BatchWrite) -> tuple
     """A record and its verdict as a row in IMPRESSION_COLUMNS order."""
     verification = "pending" if verdict.status == "valid" else None
     return (
-        *(getattr(record, name) for name in IMPRESSION_COLUMNS[:18]),
+        *astuple(record)[:-1],
         verdict.status,
         verdict.quality,
         ",".join(verdict.flags),

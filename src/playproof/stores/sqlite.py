@@ -226,6 +226,19 @@ class SqliteStore:
 
         await self._write("revoke a device", revoke)
 
+    async def rotate_device(self, device_id: str, token_hash: str) -> None:
+        """Give a device a new token hash; NotFound if unknown."""
+
+        def rotate(conn: sqlite3.Connection) -> None:
+            cur = conn.execute(
+                "UPDATE devices SET token_hash = ?, revoked_at = NULL WHERE device_id = ?",
+                (token_hash, device_id),
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"no device {device_id!r} is registered")
+
+        await self._write("rotate a token", rotate)
+
     # --- health -------------------------------------------------------------
 
     async def save_status(self, status: Status, received_at: int) -> None:

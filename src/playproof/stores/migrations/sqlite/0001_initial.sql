@@ -33,7 +33,7 @@ CREATE TABLE impressions (
     received_at       INTEGER NOT NULL,
     skew_ms           INTEGER NOT NULL,
     PRIMARY KEY (device_id, journal_id, seq)
-);
+) WITHOUT ROWID;
 CREATE INDEX impressions_screenshot ON impressions (screenshot_sha256)
     WHERE screenshot_sha256 IS NOT NULL;
 

@@ -1,0 +1,57 @@
+"""Dependencies point inward, as DEVELOPERS.md lays out; this test keeps them that way."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "playproof"
+
+# What each part may import of ours (besides itself).
+ALLOWED = {
+    "errors": set(),
+    "protocol": {"errors"},
+    "rules": {"errors", "protocol"},
+    "config": {"errors", "protocol", "rules"},
+    "stores": {"errors", "protocol", "rules", "stores"},
+    "device": {"errors", "protocol", "rules", "config", "device"},
+    "server": {"errors", "protocol", "rules", "config", "stores", "server"},
+}
+
+
+def part_of(path: Path) -> str:
+    rel = path.relative_to(SRC)
+    return rel.parts[0].removesuffix(".py")
+
+
+def our_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    found = set()
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        for name in names:
+            if name.startswith("playproof."):
+                found.add(name.split(".")[1])
+    return found
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(p for p in SRC.rglob("*.py") if part_of(p) in ALLOWED),
+    ids=lambda p: str(p.relative_to(SRC)),
+)
+def test_each_module_imports_only_inward(path: Path) -> None:
+    part = part_of(path)
+    illegal = our_imports(path) - ALLOWED[part] - {part}
+    assert not illegal, f"{path.relative_to(SRC)} ({part}) must not import {sorted(illegal)}"
+
+
+def test_device_and_server_never_import_each_other() -> None:
+    assert "server" not in ALLOWED["device"]
+    assert "device" not in ALLOWED["server"]
