@@ -372,6 +372,7 @@ def test_healthz_and_openapi_describe_every_http_route(server: ServerProcess) ->
         "/v1/impressions/batch",
         "/v1/devices/status",
         "/v1/screenshots/{sha256}",
+        "/metrics",
         "/healthz",
         "/openapi.json",
     }
@@ -414,3 +415,33 @@ def test_gaps_are_tracked_and_filled_by_late_records(
     )
     assert rows(server, "SELECT count(*) FROM gaps WHERE device_id = ?", device_id) == [(0,)]
     assert rows(server, "SELECT high_water FROM journals WHERE device_id = ?", device_id) == [(5,)]
+
+
+def test_metrics_count_records_by_result_and_reason(
+    server: ServerProcess, device: tuple[str, str]
+) -> None:
+    device_id, token = device
+
+    def sample(text: str, name: str) -> float:
+        return sum(
+            float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name)
+        )
+
+    with client(server.url) as http:
+        before = http.get("/metrics").text
+    records = [make_record(device_id=device_id, seq=s) for s in (1, 2)]
+    post(server, token, envelope(records, device_id))
+    post(server, token, envelope(records, device_id))
+    stale = make_record(device_id=device_id, seq=9, end_ts=now_ms() - 5 * HOUR_MS)
+    post(server, token, envelope([stale], device_id))
+    with client(server.url) as http:
+        after = http.get("/metrics")
+    assert after.headers["content-type"].startswith("text/plain")
+    for name, grew in [
+        ('playproof_records_total{reason="",result="accepted"}', 2),
+        ('playproof_records_total{reason="",result="duplicate"}', 2),
+        ('playproof_records_total{reason="stale",result="rejected"}', 1),
+        ('playproof_ack_latency_seconds_count{transport="http"}', 3),
+    ]:
+        assert sample(after.text, name) - sample(before, name) == grew, name
+    assert sample(after.text, "playproof_open_gaps") >= 1  # seq 3..8 of this device

@@ -8,6 +8,7 @@ import logging
 import re
 from collections.abc import AsyncIterator
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -102,6 +103,15 @@ async def openapi_json(request: Request) -> Response:
     return Response(openapi.document(), media_type=JSON)
 
 
+async def metrics(request: Request) -> Response:
+    """GET /metrics: Prometheus text format."""
+    service = _service(request)
+    # On an outage the gauge keeps its last value; /healthz tells the outage.
+    with contextlib.suppress(errors.StoreError):
+        service.metrics.open_gaps.set(await service.store.gap_count())
+    return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
 async def stream(ws: WebSocket) -> None:
     """GET /v1/stream (WebSocket)."""
     service = _service(ws)
@@ -119,6 +129,7 @@ async def on_playproof_error(request: Request, exc: Exception) -> Response:
     """Our errors become JSON with the status the protocol names."""
     assert isinstance(exc, errors.PlayproofError)
     status = _error_status(exc)
+    _service(request).metrics.rejected_requests.labels(str(status)).inc()
     response = json_response({"error": str(exc)}, status)
     if isinstance(exc, errors.Unauthenticated):
         response.headers["WWW-Authenticate"] = "Bearer"
@@ -159,6 +170,7 @@ def create_app(service: Service) -> Starlette:
             Route("/v1/screenshots/{sha256}", put_screenshot, methods=["PUT"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/openapi.json", openapi_json, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
             WebSocketRoute("/v1/stream", stream),
         ],
         exception_handlers={

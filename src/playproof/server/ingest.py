@@ -16,6 +16,7 @@ from playproof.errors import EnvelopeError, Forbidden, PlayproofError, ProtocolE
 from playproof.protocol import AckMessage, Batch, InvalidRecord, StreamAck, StreamError
 from playproof.rules import DEFAULT_POLICY, Context, Judge, Policy, reject
 from playproof.server.committer import GroupCommitter
+from playproof.server.metrics import Metrics
 from playproof.stores.base import BatchWrite, DeviceInfo, Judged, Store
 
 Clock = Callable[[], int]
@@ -35,11 +36,13 @@ class Ingestor:
         committer: GroupCommitter,
         policy: Policy = DEFAULT_POLICY,
         clock: Clock = wall_clock_ms,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.committer = committer
         self.policy = policy
         self.clock = clock
+        self.metrics = metrics or Metrics()
 
     def judge(self, batch: Batch, device: DeviceInfo, received_at: int) -> BatchWrite:
         """Verify and apply the rules to every item of a batch from `device`."""
@@ -61,10 +64,14 @@ class Ingestor:
             return Judged(item, reject("bad_checksum"))
         return Judged(item, rules(item))
 
-    async def ingest(self, batch: Batch, device: DeviceInfo, received_at: int) -> AckMessage:
+    async def ingest(
+        self, batch: Batch, device: DeviceInfo, received_at: int, transport: str = "http"
+    ) -> AckMessage:
         """Judge and commit a decoded batch; the acks come back once it is durable."""
+        started = time.perf_counter()
         write = self.judge(batch, device, received_at)
         acks = await self.committer.commit(write) if write.judged else []
+        self.metrics.answered(acks, transport, time.perf_counter() - started)
         return AckMessage(received_at, write.skew_ms, acks)
 
     async def http_batch(self, body: bytes, device: DeviceInfo) -> AckMessage:
@@ -81,10 +88,12 @@ class Ingestor:
                 await self.status(text, device, received_at)
                 return None
             batch = protocol.decode_stream_batch(text)
-            ack = await self.ingest(batch, device, received_at)
+            ack = await self.ingest(batch, device, received_at, "stream")
         except (ProtocolError, Forbidden) as exc:
+            self.metrics.rejected_requests.labels("frame_error").inc()
             return protocol.encode(StreamError(frame_id, str(exc)))
         except PlayproofError as exc:
+            self.metrics.rejected_requests.labels("frame_unavailable").inc()
             return protocol.encode(StreamError(frame_id, f"not committed, send again: {exc}"))
         return protocol.encode(
             StreamAck(batch.frame_id or 0, ack.received_at, ack.skew_ms, ack.acks)
@@ -99,6 +108,7 @@ class Ingestor:
                 f"but the token belongs to {device.device_id!r}"
             )
         await self.store.save_status(status, received_at)
+        self.metrics.status(status)
 
 
 def ensure_bytes(text: str | bytes) -> bytes:

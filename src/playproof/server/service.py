@@ -8,6 +8,7 @@ from playproof.rules import DEFAULT_POLICY, Policy
 from playproof.server.auth import Authenticator
 from playproof.server.committer import GroupCommitter
 from playproof.server.ingest import Clock, Ingestor, wall_clock_ms
+from playproof.server.metrics import Metrics
 from playproof.stores.base import Store
 
 MAX_SCREENSHOT_BYTES = 10 * 1024 * 1024
@@ -32,11 +33,15 @@ class Service:
     limits: Limits = field(default_factory=Limits)
 
     def __post_init__(self) -> None:
+        self.metrics = Metrics()
         self.auth = Authenticator(self.store)
         self.committer = GroupCommitter(
-            self.store, self.limits.commit_records, self.limits.commit_workers
+            self.store,
+            self.limits.commit_records,
+            self.limits.commit_workers,
+            observe=self.metrics.committed,
         )
-        self.ingestor = Ingestor(self.store, self.committer, self.policy, self.clock)
+        self.ingestor = Ingestor(self.store, self.committer, self.policy, self.clock, self.metrics)
 
     async def start(self) -> None:
         """Open the store (migrating it) and start committing."""

@@ -109,6 +109,11 @@ async def serve_stream(ws: WebSocket, auth: Authenticator, ingestor: Ingestor) -
     except StoreUnavailable:
         await ws.close(CLOSE_TRY_AGAIN, "store unavailable, try again later")
         return
-    await StreamSession(ws, ingestor, device).run()
+    gauge = ingestor.metrics.connections
+    gauge.inc()
+    try:
+        await StreamSession(ws, ingestor, device).run()
+    finally:
+        gauge.dec()
     with contextlib.suppress(RuntimeError, WebSocketDisconnect):
         await ws.close()

@@ -175,6 +175,9 @@ class Store(Protocol):
     async def journals(self, device_id: str | None = None) -> list[JournalInfo]:
         """Sequence state per (device, journal)."""
 
+    async def gap_count(self) -> int:
+        """Open sequence gaps over every journal."""
+
     async def rejects(
         self, device_id: str | None = None, reason: str | None = None, limit: int = 100
     ) -> list[RejectInfo]:

@@ -266,6 +266,13 @@ class SqliteStore:
         """Sequence state per (device, journal), with open gaps."""
         return await self._read("read sequence state", lambda c: _journals(c, device_id))
 
+    async def gap_count(self) -> int:
+        """Open sequence gaps over every journal."""
+        row = await self._read(
+            "count gaps", lambda c: c.execute("SELECT count(*) FROM gaps").fetchone()
+        )
+        return int(row[0])
+
     async def rejects(
         self, device_id: str | None = None, reason: str | None = None, limit: int = 100
     ) -> list[RejectInfo]:
