@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from playproof.config import load_policy
+from playproof.config import load_limits, load_policy
 from playproof.errors import PlayproofError
 from playproof.stores import DEFAULT_URL
 
@@ -40,6 +40,10 @@ DbOption = Annotated[
 ConfigOption = Annotated[
     Path | None,
     typer.Option("--config", envvar="PLAYPROOF_CONFIG", help="TOML file with a [rules] table."),
+]
+LimitOption = Annotated[
+    list[str] | None,
+    typer.Option("--limit", help="Override one service limit: NAME=VALUE (repeatable)."),
 ]
 RuleOption = Annotated[
     list[str] | None,
@@ -72,6 +76,7 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on (0 picks a free one).")] = 8787,
     config: ConfigOption = None,
     rule: RuleOption = None,
+    limit: LimitOption = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run the ingest service."""
@@ -82,7 +87,8 @@ def serve(
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     try:
         policy = load_policy(config, rule or [])
-        service = Service(open_store(db_url), policy)
+        limits = load_limits(config, limit or [])
+        service = Service(open_store(db_url), policy, limits=limits)
     except PlayproofError as exc:
         raise fail(str(exc)) from None
     try:

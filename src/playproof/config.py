@@ -2,7 +2,8 @@
 
 Precedence, lowest first: the protocol's defaults, the `[rules]` table of the
 TOML file (`--config` or `PLAYPROOF_CONFIG`), `PLAYPROOF_RULES_<NAME>`
-environment variables, then `--rule NAME=VALUE` flags.
+environment variables, then `--rule NAME=VALUE` flags. The service's limits
+come the same way from a `[limits]` table and `PLAYPROOF_LIMITS_<NAME>`.
 """
 
 from __future__ import annotations
@@ -11,17 +12,34 @@ import os
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, TypeVar
 
 import msgspec
+from msgspec import Meta
 
 from playproof.errors import ConfigError
 from playproof.rules import Policy
 
 ENV_PREFIX = "PLAYPROOF_RULES_"
+LIMITS_ENV_PREFIX = "PLAYPROOF_LIMITS_"
 
 
-def _table_from_file(path: Path | None) -> dict[str, Any]:
+class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Bounds on what one device or request may cost the service."""
+
+    screenshot_bytes: Annotated[int, Meta(ge=1)] = 10 * 1024 * 1024
+    commit_records: Annotated[int, Meta(ge=1)] = 20_000
+    # Requests (HTTP or stream frames) per second per device, and the burst a
+    # device may spend at once: a drain after 4 h offline is a few requests.
+    device_rate: Annotated[float, Meta(gt=0)] = 50.0
+    device_burst: Annotated[int, Meta(ge=1)] = 200
+    stream_connections: Annotated[int, Meta(ge=1)] = 50_000
+    stream_connections_per_device: Annotated[int, Meta(ge=1)] = 4
+    stream_idle_s: Annotated[float, Meta(gt=0)] = 300.0
+    body_timeout_s: Annotated[float, Meta(gt=0)] = 30.0
+
+
+def _table_from_file(path: Path | None, table: str = "rules") -> dict[str, Any]:
     if path is None:
         return {}
     try:
@@ -31,14 +49,14 @@ def _table_from_file(path: Path | None) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    rules = doc.get("rules", {})
-    if not isinstance(rules, dict):
-        raise ConfigError(f"expected a [rules] table in {path}, got {type(rules).__name__}")
-    return rules
+    found = doc.get(table, {})
+    if not isinstance(found, dict):
+        raise ConfigError(f"expected a [{table}] table in {path}, got {type(found).__name__}")
+    return found
 
 
-def _table_from_env(env: Mapping[str, str]) -> dict[str, str]:
-    return {k[len(ENV_PREFIX) :].lower(): v for k, v in env.items() if k.startswith(ENV_PREFIX)}
+def _table_from_env(env: Mapping[str, str], prefix: str = ENV_PREFIX) -> dict[str, str]:
+    return {k[len(prefix) :].lower(): v for k, v in env.items() if k.startswith(prefix)}
 
 
 def _table_from_flags(flags: Sequence[str]) -> dict[str, str]:
@@ -46,16 +64,56 @@ def _table_from_flags(flags: Sequence[str]) -> dict[str, str]:
     for flag in flags:
         name, sep, value = flag.partition("=")
         if not sep or not name.strip():
-            raise ConfigError(f"expected --rule NAME=VALUE, got {flag!r}")
+            raise ConfigError(f"expected NAME=VALUE, got {flag!r}")
         table[name.strip()] = value.strip()
     return table
 
 
-def _convert(table: Mapping[str, Any], strict: bool, source: str) -> Policy:
+S = TypeVar("S", Policy, Limits)
+
+
+def _convert(table: Mapping[str, Any], kind: type[S], strict: bool, source: str) -> S:
     try:
-        return msgspec.convert(dict(table), Policy, strict=strict)
+        return msgspec.convert(dict(table), kind, strict=strict)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"invalid rule setting in {source}: {exc}") from None
+        raise ConfigError(f"invalid setting in {source}: {exc}") from None
+
+
+def _config_file(config_file: Path | None, env: Mapping[str, str]) -> Path | None:
+    if config_file is None and env.get("PLAYPROOF_CONFIG"):
+        return Path(env["PLAYPROOF_CONFIG"])
+    return config_file
+
+
+def _load(
+    kind: type[S],
+    table: str,
+    prefix: str,
+    config_file: Path | None,
+    flags: Sequence[str],
+    env: Mapping[str, str] | None,
+) -> S:
+    env = os.environ if env is None else env
+    config_file = _config_file(config_file, env)
+    from_file = _table_from_file(config_file, table)
+    _convert(from_file, kind, strict=True, source=f"[{table}] of {config_file}")
+    textual = {**_table_from_env(env, prefix), **_table_from_flags(flags)}
+    # Values from the environment and flags are text: convert them leniently,
+    # then check the merged whole strictly once more.
+    merged = {**from_file, **msgspec.to_builtins(_partial(textual, kind))}
+    return _convert(merged, kind, strict=True, source="environment and flags")
+
+
+def _partial(textual: Mapping[str, str], kind: type[S]) -> dict[str, Any]:
+    known = set(kind.__struct_fields__)
+    unknown = sorted(set(textual) - known)
+    if unknown:
+        raise ConfigError(f"unknown setting {unknown[0]!r}; expected one of {sorted(known)}")
+    try:
+        full = msgspec.convert(dict(textual), kind, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"invalid setting in environment or flags: {exc}") from None
+    return {name: getattr(full, name) for name in textual}
 
 
 def load_policy(
@@ -63,26 +121,14 @@ def load_policy(
     flags: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
 ) -> Policy:
-    """The rule thresholds, merged from defaults, file, environment and flags."""
-    env = os.environ if env is None else env
-    if config_file is None and env.get("PLAYPROOF_CONFIG"):
-        config_file = Path(env["PLAYPROOF_CONFIG"])
-    from_file = _table_from_file(config_file)
-    _convert(from_file, strict=True, source=str(config_file))
-    textual = {**_table_from_env(env), **_table_from_flags(flags)}
-    # Values from the environment and flags are text: convert them leniently,
-    # then check the merged whole strictly once more.
-    merged = {**from_file, **msgspec.to_builtins(_partial(textual))}
-    return _convert(merged, strict=True, source="environment and flags")
+    """The rule thresholds, merged from defaults, file, environment and `--rule` flags."""
+    return _load(Policy, "rules", ENV_PREFIX, config_file, flags, env)
 
 
-def _partial(textual: Mapping[str, str]) -> dict[str, Any]:
-    known = set(Policy.__struct_fields__)
-    unknown = sorted(set(textual) - known)
-    if unknown:
-        raise ConfigError(f"unknown rule setting {unknown[0]!r}; expected one of {sorted(known)}")
-    try:
-        full = msgspec.convert(dict(textual), Policy, strict=False)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(f"invalid rule setting in environment or flags: {exc}") from None
-    return {name: getattr(full, name) for name in textual}
+def load_limits(
+    config_file: Path | None = None,
+    flags: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+) -> Limits:
+    """The service's limits, merged from defaults, file, environment and `--limit` flags."""
+    return _load(Limits, "limits", LIMITS_ENV_PREFIX, config_file, flags, env)

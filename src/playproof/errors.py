@@ -32,6 +32,10 @@ class TooLarge(ProtocolError):
     """A body is over the batch limits (HTTP 413)."""
 
 
+class BodyTimeout(ProtocolError):
+    """A body did not arrive within the time allowed (HTTP 408)."""
+
+
 class UnsupportedMedia(ProtocolError):
     """A body has a content type or encoding the service does not take (HTTP 415)."""
 

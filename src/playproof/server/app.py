@@ -22,6 +22,7 @@ from playproof.server import openapi
 from playproof.server.bodies import read_body, require_content_type
 from playproof.server.service import Service
 from playproof.server.stream import serve_stream
+from playproof.stores.base import DeviceInfo
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ IMAGE_MAGIC = {"image/png": b"\x89PNG\r\n\x1a\n", "image/jpeg": b"\xff\xd8\xff"}
 # Most specific first: the first class an error is an instance of decides.
 STATUS_OF: tuple[tuple[type[errors.PlayproofError], int], ...] = (
     (errors.TooLarge, 413),
+    (errors.BodyTimeout, 408),
     (errors.UnsupportedMedia, 415),
     (errors.ProtocolError, 400),
     (errors.Unauthenticated, 401),
@@ -53,21 +55,28 @@ def _service(request: Request | WebSocket) -> Service:
     return service
 
 
+async def _caller(service: Service, request: Request) -> DeviceInfo:
+    """The authenticated device, within its rate limit."""
+    device = await service.auth.device(request.headers.get("authorization"))
+    service.rate.check(device.device_id)
+    return device
+
+
 async def post_batch(request: Request) -> Response:
     """POST /v1/impressions/batch."""
     service = _service(request)
-    device = await service.auth.device(request.headers.get("authorization"))
+    device = await _caller(service, request)
     require_content_type(request, (JSON,))
-    body = await read_body(request, MAX_BATCH_BYTES)
+    body = await read_body(request, MAX_BATCH_BYTES, service.limits.body_timeout_s)
     return json_response(await service.ingestor.http_batch(body, device))
 
 
 async def post_status(request: Request) -> Response:
     """POST /v1/devices/status."""
     service = _service(request)
-    device = await service.auth.device(request.headers.get("authorization"))
+    device = await _caller(service, request)
     require_content_type(request, (JSON,))
-    body = await read_body(request, MAX_BATCH_BYTES)
+    body = await read_body(request, MAX_BATCH_BYTES, service.limits.body_timeout_s)
     await service.ingestor.status(body, device, service.clock())
     return Response(status_code=204)
 
@@ -75,12 +84,12 @@ async def post_status(request: Request) -> Response:
 async def put_screenshot(request: Request) -> Response:
     """PUT /v1/screenshots/{sha256}."""
     service = _service(request)
-    device = await service.auth.device(request.headers.get("authorization"))
+    device = await _caller(service, request)
     sha256 = request.path_params["sha256"]
     if not SHA256.match(sha256):
         raise errors.ProtocolError(f"expected a lowercase hex SHA-256 in the path, got {sha256!r}")
     media = require_content_type(request, tuple(IMAGE_MAGIC))
-    body = await read_body(request, service.limits.screenshot_bytes)
+    body = await read_body(request, service.limits.screenshot_bytes, service.limits.body_timeout_s)
     if not body.startswith(IMAGE_MAGIC[media]):
         raise errors.ProtocolError(f"expected a {media} body, got bytes that are not one")
     created = await asyncio.to_thread(service.store.blobs.put, sha256, body)
@@ -115,7 +124,7 @@ async def metrics(request: Request) -> Response:
 async def stream(ws: WebSocket) -> None:
     """GET /v1/stream (WebSocket)."""
     service = _service(ws)
-    await serve_stream(ws, service.auth, service.ingestor)
+    await serve_stream(ws, service)
 
 
 def _error_status(exc: errors.PlayproofError) -> int:

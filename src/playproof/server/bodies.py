@@ -6,12 +6,13 @@ at most the limit in memory and gets 413, never an out-of-memory.
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 from collections.abc import AsyncIterator
 
 from starlette.requests import Request
 
-from playproof.errors import EnvelopeError, TooLarge, UnsupportedMedia
+from playproof.errors import BodyTimeout, EnvelopeError, TooLarge, UnsupportedMedia
 
 
 def require_content_type(request: Request, allowed: tuple[str, ...]) -> str:
@@ -59,8 +60,8 @@ def gunzip(data: bytes, limit: int) -> bytes:
     return out
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, decompressed if gzip, at most `limit` bytes either way."""
+async def read_body(request: Request, limit: int, timeout_s: float = 30.0) -> bytes:
+    """The body, decompressed if gzip, at most `limit` bytes either way, within `timeout_s`."""
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("identity", "gzip"):
         raise UnsupportedMedia(f"expected Content-Encoding gzip or identity, got {encoding!r}")
@@ -70,5 +71,9 @@ async def read_body(request: Request, limit: int) -> bytes:
     wire_limit = limit if encoding == "identity" else limit + limit // 64 + 1024
     if declared is not None and declared > wire_limit:
         raise TooLarge(f"expected a body of at most {wire_limit} bytes, got {declared}")
-    data = await _collect(request.stream(), wire_limit, "body")
+    try:
+        async with asyncio.timeout(timeout_s):
+            data = await _collect(request.stream(), wire_limit, "body")
+    except TimeoutError:
+        raise BodyTimeout(f"expected the whole body within {timeout_s:g} s, got less") from None
     return gunzip(data, limit) if encoding == "gzip" else data

@@ -4,23 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from playproof.config import Limits
 from playproof.rules import DEFAULT_POLICY, Policy
 from playproof.server.auth import Authenticator
 from playproof.server.committer import GroupCommitter
 from playproof.server.ingest import Clock, Ingestor, wall_clock_ms
+from playproof.server.limits import ConnectionLimiter, RateLimiter
 from playproof.server.metrics import Metrics
 from playproof.stores.base import Store
-
-MAX_SCREENSHOT_BYTES = 10 * 1024 * 1024
-
-
-@dataclass
-class Limits:
-    """Bounds on what one request may cost."""
-
-    screenshot_bytes: int = MAX_SCREENSHOT_BYTES
-    commit_records: int = 20_000
-    commit_workers: int = 1
 
 
 @dataclass
@@ -38,8 +29,12 @@ class Service:
         self.committer = GroupCommitter(
             self.store,
             self.limits.commit_records,
-            self.limits.commit_workers,
+            self.store.commit_lanes,
             observe=self.metrics.committed,
+        )
+        self.rate = RateLimiter(self.limits.device_rate, self.limits.device_burst)
+        self.connections = ConnectionLimiter(
+            self.limits.stream_connections, self.limits.stream_connections_per_device
         )
         self.ingestor = Ingestor(self.store, self.committer, self.policy, self.clock, self.metrics)
 

@@ -15,10 +15,9 @@ from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from playproof.errors import Forbidden, StoreUnavailable, TooLarge, Unauthenticated
-from playproof.protocol import MAX_BATCH_BYTES, StreamError, encode
-from playproof.server.auth import Authenticator
-from playproof.server.ingest import Ingestor
+from playproof.errors import Forbidden, RateLimited, StoreUnavailable, TooLarge, Unauthenticated
+from playproof.protocol import MAX_BATCH_BYTES, StreamError, encode, frame_head
+from playproof.server.service import Service
 from playproof.stores.base import DeviceInfo
 
 log = logging.getLogger(__name__)
@@ -26,6 +25,7 @@ log = logging.getLogger(__name__)
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_TRY_AGAIN = 1013
+CLOSE_GOING_AWAY = 1001
 MAX_IN_FLIGHT = 64
 # A frame is an envelope of at most 1 MiB plus its id and some slack.
 MAX_FRAME_BYTES = MAX_BATCH_BYTES + 4096
@@ -34,9 +34,11 @@ MAX_FRAME_BYTES = MAX_BATCH_BYTES + 4096
 class StreamSession:
     """One device's stream connection."""
 
-    def __init__(self, ws: WebSocket, ingestor: Ingestor, device: DeviceInfo) -> None:
+    def __init__(self, ws: WebSocket, service: Service, device: DeviceInfo) -> None:
         self._ws = ws
-        self._ingestor = ingestor
+        self._ingestor = service.ingestor
+        self._rate = service.rate
+        self._idle_s = service.limits.stream_idle_s
         self._device = device
         self._send_lock = asyncio.Lock()
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
@@ -47,7 +49,11 @@ class StreamSession:
         """Read frames until the device goes away, then let in-flight frames finish."""
         try:
             while True:
-                message = await self._ws.receive()
+                try:
+                    message = await asyncio.wait_for(self._ws.receive(), self._idle_s)
+                except TimeoutError:
+                    await self._close(CLOSE_GOING_AWAY, "idle: no frame for too long")
+                    break
                 if message["type"] == "websocket.disconnect":
                     break
                 await self._slots.acquire()
@@ -77,12 +83,22 @@ class StreamSession:
         if not isinstance(text, str):
             return encode(StreamError(None, "expected a text frame holding JSON, got binary"))
         data = text.encode()
+        try:
+            self._rate.check(self._device.device_id)
+        except RateLimited as exc:
+            frame_id, _ = frame_head(data)
+            return encode(StreamError(frame_id, f"not committed, send again: {exc}"))
         if len(data) > MAX_FRAME_BYTES:
             error = TooLarge(
                 f"expected a frame of at most {MAX_FRAME_BYTES} bytes, got {len(data)}"
             )
             return encode(StreamError(None, str(error)))
         return await self._ingestor.stream_frame(data, self._device)
+
+    async def _close(self, code: int, reason: str) -> None:
+        self._open = False
+        with contextlib.suppress(RuntimeError, WebSocketDisconnect, OSError):
+            await self._ws.close(code, reason)
 
     async def _send(self, reply: bytes) -> None:
         if not self._open:
@@ -95,11 +111,11 @@ class StreamSession:
                 log.debug("ack not delivered, device will resend: %s", exc)
 
 
-async def serve_stream(ws: WebSocket, auth: Authenticator, ingestor: Ingestor) -> None:
-    """Accept, authenticate (closing 4401 or 4403), then run the session."""
+async def serve_stream(ws: WebSocket, service: Service) -> None:
+    """Accept, authenticate (closing 4401 or 4403), admit, then run the session."""
     await ws.accept()
     try:
-        device = await auth.device(ws.headers.get("authorization"))
+        device = await service.auth.device(ws.headers.get("authorization"))
     except Unauthenticated:
         await ws.close(CLOSE_UNAUTHENTICATED, "missing or unknown token")
         return
@@ -109,11 +125,16 @@ async def serve_stream(ws: WebSocket, auth: Authenticator, ingestor: Ingestor) -
     except StoreUnavailable:
         await ws.close(CLOSE_TRY_AGAIN, "store unavailable, try again later")
         return
-    gauge = ingestor.metrics.connections
+    refused = service.connections.acquire(device.device_id)
+    if refused is not None:
+        await ws.close(CLOSE_TRY_AGAIN, refused[:120])
+        return
+    gauge = service.metrics.connections
     gauge.inc()
     try:
-        await StreamSession(ws, ingestor, device).run()
+        await StreamSession(ws, service, device).run()
     finally:
         gauge.dec()
+        service.connections.release(device.device_id)
     with contextlib.suppress(RuntimeError, WebSocketDisconnect):
         await ws.close()

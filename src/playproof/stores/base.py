@@ -130,6 +130,8 @@ class Store(Protocol):
 
     url: str
     blobs: BlobStore
+    # How many group commits may run at once: 1 for SQLite's single writer.
+    commit_lanes: int
 
     async def open(self) -> None:
         """Connect, and bring the schema up to date."""

@@ -84,6 +84,8 @@ def connect(path: Path) -> sqlite3.Connection:
 class SqliteStore:
     """The store interface on one SQLite file, screenshots in a folder beside it."""
 
+    commit_lanes = 1
+
     def __init__(self, path: Path, blob_dir: Path | None = None) -> None:
         self.path = path
         self.url = f"sqlite:///{path}"
