@@ -201,6 +201,10 @@ class _SeqProbe(msgspec.Struct):
     seq: Any = None
 
 
+# What a decoder raises on hostile input: msgspec's errors, and RecursionError
+# for JSON nested deeper than the interpreter's recursion limit.
+_UNDECODABLE = (msgspec.ValidationError, msgspec.DecodeError, RecursionError)
+
 _record_decoder = msgspec.json.Decoder(Record)
 _envelope_decoder = msgspec.json.Decoder(Envelope)
 _fast_envelope_decoder = msgspec.json.Decoder(_FastEnvelope)
@@ -311,7 +315,7 @@ def decode_record(raw: bytes) -> Record:
     """Decode one record strictly, or raise RecordError saying what is wrong."""
     try:
         record = _record_decoder.decode(raw)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+    except _UNDECODABLE as exc:
         raise RecordError(f"invalid record: {exc}") from None
     return check_record(record)
 
@@ -319,7 +323,7 @@ def decode_record(raw: bytes) -> Record:
 def _invalid(raw: bytes, exc: RecordError) -> InvalidRecord:
     try:
         seq = _seq_decoder.decode(raw).seq
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except _UNDECODABLE:
         seq = None
     readable = isinstance(seq, int) and not isinstance(seq, bool) and 1 <= seq <= MAX_INT
     return InvalidRecord(raw=bytes(raw), error=str(exc), seq=seq if readable else None)
@@ -345,7 +349,7 @@ def decode_batch(body: bytes) -> Batch:
     """Decode an HTTP batch body; raise EnvelopeError or TooLarge for the whole body."""
     try:
         fast = _fast_envelope_decoder.decode(body)
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except _UNDECODABLE:
         pass
     else:
         _check_size(len(fast.impressions))
@@ -361,6 +365,8 @@ def decode_batch(body: bytes) -> Batch:
 def _decode_envelope(body: bytes, decoder: msgspec.json.Decoder[_E]) -> _E:
     try:
         return decoder.decode(body)
+    except RecursionError:
+        raise EnvelopeError("expected flat records, got JSON nested too deep to read") from None
     except msgspec.DecodeError as exc:
         raise EnvelopeError(f"expected a JSON envelope object: {exc}") from None
     except msgspec.ValidationError as exc:
@@ -371,7 +377,7 @@ def frame_head(text: bytes) -> tuple[int | None, bool]:
     """The frame's id (None where unreadable) and whether it is a status frame."""
     try:
         head = _head_decoder.decode(text)
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except _UNDECODABLE:
         return None, False
     fid = head.id
     valid_id = isinstance(fid, int) and not isinstance(fid, bool) and abs(fid) <= MAX_INT
@@ -382,7 +388,7 @@ def decode_stream_batch(text: bytes) -> Batch:
     """Decode a stream frame carrying an envelope; raise EnvelopeError or TooLarge."""
     try:
         fast = _fast_stream_decoder.decode(text)
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except _UNDECODABLE:
         pass
     else:
         _check_size(len(fast.impressions))
@@ -400,6 +406,8 @@ def decode_status(body: bytes) -> Status:
     """Decode a status message; unknown fields are ignored, known ones are checked."""
     try:
         status = _status_decoder.decode(body)
+    except RecursionError:
+        raise EnvelopeError("expected a flat status object, got JSON nested too deep") from None
     except msgspec.DecodeError as exc:
         raise EnvelopeError(f"expected a JSON status object: {exc}") from None
     except msgspec.ValidationError as exc:

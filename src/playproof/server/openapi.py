@@ -55,9 +55,11 @@ def _error(description: str) -> dict[str, Any]:
 AUTH_ERRORS = {
     "401": _error("missing or unknown token"),
     "403": _error("token revoked, or data for another device"),
+    "429": _error("over the device's request rate; see Retry-After"),
 }
 BODY_ERRORS = {
     "400": _error("not a well-formed body; nothing stored"),
+    "408": _error("the body did not arrive in time"),
     "413": _error("over the size limits"),
     "415": _error("another content type or encoding"),
     "503": _error("the store cannot commit now; nothing acknowledged, send again"),

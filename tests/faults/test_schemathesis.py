@@ -1,0 +1,51 @@
+"""schemathesis against our own OpenAPI document, on a real server: no 5xx, nothing hangs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+from schemathesis import Case
+
+from playproof.server import openapi
+from tests.support import ServerProcess, client, provision
+
+schema = schemathesis.openapi.from_dict(json.loads(openapi.document()))
+
+
+@pytest.fixture(scope="module")
+def target(shared_db: str) -> Iterator[tuple[ServerProcess, str]]:
+    """A real server and a device token for the authenticated routes."""
+    # A generous rate: schemathesis sends hundreds of requests as one device.
+    with ServerProcess(
+        shared_db, "--limit", "device_rate=100000", "--limit", "device_burst=100000"
+    ) as proc:
+        yield proc, provision(shared_db, "scr-fuzz")
+
+
+@schema.parametrize()
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+def test_no_route_answers_5xx_and_every_answer_matches_the_schema(
+    case: Case, target: tuple[ServerProcess, str]
+) -> None:
+    server, token = target
+    response = case.call(
+        base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+    )
+    assert response.status_code < 500, response.text
+    case.validate_response(
+        response,
+        checks=[
+            schemathesis.checks.response_schema_conformance,
+            schemathesis.checks.status_code_conformance,
+        ],
+    )
+
+
+def test_the_service_still_serves_after_the_fuzzing(target: tuple[ServerProcess, str]) -> None:
+    server, _ = target
+    with client(server.url) as http:
+        assert http.get("/healthz").status_code == 200
