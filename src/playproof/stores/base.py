@@ -196,10 +196,13 @@ class CommitPlan:
     arrivals: dict[JournalKey, list[tuple[int, int]]] = field(default_factory=dict)
 
 
-def _tracked(record: Record, verdict: Verdict) -> bool:
+_UNTRACKED = ("forbidden", "bad_checksum")
+
+
+def _tracked(verdict: Verdict) -> bool:
     # A forbidden record names another device and a bad checksum makes the key
     # itself untrustworthy: neither may move anyone's sequence state.
-    return verdict.reason not in ("forbidden", "bad_checksum")
+    return verdict.reason not in _UNTRACKED
 
 
 def tracked_keys(writes: Sequence[BatchWrite]) -> dict[JournalKey, list[int]]:
@@ -207,23 +210,20 @@ def tracked_keys(writes: Sequence[BatchWrite]) -> dict[JournalKey, list[int]]:
     keys: dict[JournalKey, list[int]] = {}
     for write in writes:
         for item, verdict in write.judged:
-            if isinstance(item, Record) and _tracked(item, verdict):
+            if isinstance(item, Record) and _tracked(verdict):
                 keys.setdefault((item.device_id, item.journal_id), []).append(item.seq)
     return keys
 
 
+def _row_suffix(verdict: Verdict, write: BatchWrite) -> tuple[Any, ...]:
+    verification = "pending" if verdict.status == "valid" else None
+    flags = ",".join(verdict.flags)
+    return (verdict.status, verdict.quality, flags, verification, write.received_at, write.skew_ms)
+
+
 def impression_row(record: Record, verdict: Verdict, write: BatchWrite) -> tuple[Any, ...]:
     """A record and its verdict as a row in IMPRESSION_COLUMNS order."""
-    verification = "pending" if verdict.status == "valid" else None
-    return (
-        *astuple(record)[:-1],
-        verdict.status,
-        verdict.quality,
-        ",".join(verdict.flags),
-        verification,
-        write.received_at,
-        write.skew_ms,
-    )
+    return astuple(record)[:-1] + _row_suffix(verdict, write)
 
 
 def reject_row(
@@ -248,29 +248,47 @@ def reject_row(
     )
 
 
-def _plan_record(
-    plan: CommitPlan,
-    write: BatchWrite,
-    record: Record,
-    verdict: Verdict,
-    existing: dict[Key, str],
-) -> Ack:
-    if _tracked(record, verdict):
-        arrival = (record.seq, record.end_ts - write.skew_ms)
-        plan.arrivals.setdefault((record.device_id, record.journal_id), []).append(arrival)
-        stored = existing.get((record.device_id, record.journal_id, record.seq))
+class _Planner:
+    """Plans one batch; what the batch's records share is worked out once."""
+
+    def __init__(self, plan: CommitPlan, write: BatchWrite, seen: dict[Key, str]) -> None:
+        self.plan = plan
+        self.write = write
+        self.seen = seen
+        self.skew = write.skew_ms
+        self.suffixes: dict[Verdict, tuple[Any, ...]] = {}
+
+    def invalid(self, item: InvalidRecord) -> Ack:
+        self.plan.rejects.append(reject_row(self.write, item, "invalid", item.error))
+        return Ack(item.seq, "rejected", reason="invalid")
+
+    def record(self, record: Record, verdict: Verdict) -> Ack:
+        if verdict.reason not in _UNTRACKED:
+            arrival = (record.seq, record.end_ts - self.skew)
+            journal = (record.device_id, record.journal_id)
+            self.plan.arrivals.setdefault(journal, []).append(arrival)
+            stored = self.seen.get((*journal, record.seq))
+            if stored is not None:
+                return self._known(record, stored)
+        if verdict.reason is not None:
+            self.plan.rejects.append(reject_row(self.write, record, verdict.reason, ""))
+            return Ack(record.seq, "rejected", reason=verdict.reason)  # type: ignore[arg-type]
+        return self._accept(record, verdict)
+
+    def _known(self, record: Record, stored: str) -> Ack:
         if stored == record.checksum:
             return Ack(record.seq, "duplicate")
-        if stored is not None:
-            detail = f"sequence already stored with checksum {stored}"
-            plan.rejects.append(reject_row(write, record, "conflict", detail))
-            return Ack(record.seq, "rejected", reason="conflict")
-    if verdict.reason is not None:
-        plan.rejects.append(reject_row(write, record, verdict.reason, ""))
-        return Ack(record.seq, "rejected", reason=verdict.reason)  # type: ignore[arg-type]
-    existing[(record.device_id, record.journal_id, record.seq)] = str(record.checksum)
-    plan.impressions.append(impression_row(record, verdict, write))
-    return Ack(record.seq, "accepted", verdict.status, verdict.quality, list(verdict.flags))  # type: ignore[arg-type]
+        detail = f"sequence already stored with checksum {stored}"
+        self.plan.rejects.append(reject_row(self.write, record, "conflict", detail))
+        return Ack(record.seq, "rejected", reason="conflict")
+
+    def _accept(self, record: Record, verdict: Verdict) -> Ack:
+        self.seen[(record.device_id, record.journal_id, record.seq)] = str(record.checksum)
+        suffix = self.suffixes.get(verdict)
+        if suffix is None:
+            suffix = self.suffixes[verdict] = _row_suffix(verdict, self.write)
+        self.plan.impressions.append(astuple(record)[:-1] + suffix)
+        return Ack(record.seq, "accepted", verdict.status, verdict.quality, list(verdict.flags))  # type: ignore[arg-type]
 
 
 def plan_commit(writes: Sequence[BatchWrite], existing: Mapping[Key, str]) -> CommitPlan:
@@ -282,14 +300,15 @@ def plan_commit(writes: Sequence[BatchWrite], existing: Mapping[Key, str]) -> Co
     plan = CommitPlan()
     seen = dict(existing)
     for write in writes:
-        acks = []
-        for item, verdict in write.judged:
-            if isinstance(item, InvalidRecord):
-                plan.rejects.append(reject_row(write, item, "invalid", item.error))
-                acks.append(Ack(item.seq, "rejected", reason="invalid"))
-            else:
-                acks.append(_plan_record(plan, write, item, verdict, seen))
-        plan.acks.append(acks)
+        planner = _Planner(plan, write, seen)
+        plan.acks.append(
+            [
+                planner.invalid(item)
+                if isinstance(item, InvalidRecord)
+                else planner.record(item, verdict)
+                for item, verdict in write.judged
+            ]
+        )
     return plan
 
 
