@@ -77,7 +77,9 @@ def test_limits_come_from_the_limits_table_environment_and_flags(tmp_path: Path)
     from playproof.config import Limits, load_limits
 
     config = tmp_path / "playproof.toml"
-    config.write_text("[limits]\ndevice_rate = 5.0\ndevice_burst = 10\n[rules]\nvalid_percent = 90\n")
+    config.write_text(
+        "[limits]\ndevice_rate = 5.0\ndevice_burst = 10\n[rules]\nvalid_percent = 90\n"
+    )
     limits = load_limits(config, ["device_burst=20"], env={"PLAYPROOF_LIMITS_STREAM_IDLE_S": "60"})
     assert (limits.device_rate, limits.device_burst, limits.stream_idle_s) == (5.0, 20, 60.0)
     assert load_limits(env={}) == Limits()
