@@ -15,7 +15,7 @@ from rich.table import Table
 
 from playproof.config import load_limits, load_policy
 from playproof.errors import PlayproofError
-from playproof.stores import DEFAULT_URL
+from playproof.stores import DEFAULT_URL, redact_url
 
 T = TypeVar("T")
 
@@ -85,6 +85,9 @@ def serve(
     from playproof.stores import open_store
 
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    # Migrate before serving: a schema newer than this code, or a database out of
+    # reach, stops here with one clear line and exit code 1 instead of a traceback.
+    run(lambda: _upgrade_schema(db_url))
     try:
         policy = load_policy(config, rule or [])
         limits = load_limits(config, limit or [])
@@ -196,14 +199,15 @@ def demo(port: Annotated[int, typer.Option(help="Port to serve on.")] = 8787) ->
 @db.command("upgrade")
 def db_upgrade(db_url: DbOption = DEFAULT_URL) -> None:
     """Bring the database schema up to this version of playproof."""
+    run(lambda: _upgrade_schema(db_url))
+    err.print(f"schema of {redact_url(db_url)} is up to date")
+
+
+async def _upgrade_schema(db_url: str) -> None:
     from playproof.server import admin
 
-    async def upgrade() -> None:
-        async with admin.opened(db_url):
-            pass
-
-    run(upgrade)
-    err.print(f"schema of {db_url} is up to date")
+    async with admin.opened(db_url):
+        pass
 
 
 def _when(ms: int | None) -> str:

@@ -201,9 +201,10 @@ class _SeqProbe(msgspec.Struct):
     seq: Any = None
 
 
-# What a decoder raises on hostile input: msgspec's errors, and RecursionError
-# for JSON nested deeper than the interpreter's recursion limit.
-_UNDECODABLE = (msgspec.ValidationError, msgspec.DecodeError, RecursionError)
+# What a decoder raises on hostile input: msgspec's errors, RecursionError for
+# JSON nested deeper than the interpreter's limit, UnicodeDecodeError for bytes
+# that are not UTF-8 inside a string.
+_UNDECODABLE = (msgspec.ValidationError, msgspec.DecodeError, RecursionError, UnicodeDecodeError)
 
 _record_decoder = msgspec.json.Decoder(Record)
 _envelope_decoder = msgspec.json.Decoder(Envelope)
@@ -367,6 +368,8 @@ def _decode_envelope(body: bytes, decoder: msgspec.json.Decoder[_E]) -> _E:
         return decoder.decode(body)
     except RecursionError:
         raise EnvelopeError("expected flat records, got JSON nested too deep to read") from None
+    except UnicodeDecodeError as exc:
+        raise EnvelopeError(f"expected UTF-8 JSON, got bytes that are not: {exc}") from None
     except msgspec.DecodeError as exc:
         raise EnvelopeError(f"expected a JSON envelope object: {exc}") from None
     except msgspec.ValidationError as exc:
@@ -408,6 +411,8 @@ def decode_status(body: bytes) -> Status:
         status = _status_decoder.decode(body)
     except RecursionError:
         raise EnvelopeError("expected a flat status object, got JSON nested too deep") from None
+    except UnicodeDecodeError as exc:
+        raise EnvelopeError(f"expected UTF-8 JSON, got bytes that are not: {exc}") from None
     except msgspec.DecodeError as exc:
         raise EnvelopeError(f"expected a JSON status object: {exc}") from None
     except msgspec.ValidationError as exc:

@@ -157,3 +157,24 @@ async def test_every_hostile_frame_is_answered_and_the_stream_stays_open(
     assert answered == len(frames)
     with client(server.url) as http:
         assert http.get("/healthz").status_code == 200
+
+
+def test_bytes_that_are_not_utf8_inside_a_record_make_it_invalid(http: httpx.Client) -> None:
+    record = encode(make_record(device_id=DEVICE, seq=77)).replace(b'"cmp-1"', b'"cmp-\xff"')
+    body = b'{"device_id": "%s", "sent_at": %d, "impressions": [%s]}' % (
+        DEVICE.encode(),
+        now_ms(),
+        record,
+    )
+    response = http.post(
+        "/v1/impressions/batch", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 200
+    assert response.json()["acks"] == [{"seq": 77, "result": "rejected", "reason": "invalid"}]
+    broken = http.post(
+        "/v1/impressions/batch",
+        content=b'{"device_id": "\xff"}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert broken.status_code == 400
+    assert "UTF-8" in broken.json()["error"]

@@ -27,7 +27,16 @@ def open_store(url: str, blob_dir: Path | None = None) -> Store:
 
         return SqliteStore(sqlite_path(url), blob_dir)
     if url.startswith(("postgresql://", "postgres://")):
-        from playproof.stores.postgres import PostgresStore  # type: ignore[import-not-found]
+        from playproof.stores.postgres import PostgresStore
 
-        return PostgresStore(url, blob_dir)  # type: ignore[no-any-return]
+        return PostgresStore(url, blob_dir)
     raise ConfigError(f"expected a sqlite:///PATH or postgresql://... database URL, got {url!r}")
+
+
+def redact_url(url: str) -> str:
+    """A database URL fit to print: without a password."""
+    if url.startswith(("postgresql://", "postgres://")):
+        from playproof.stores.postgres import redact
+
+        return redact(url)
+    return url

@@ -1,0 +1,366 @@
+"""The production store: PostgreSQL through a psycopg 3 async connection pool.
+
+`playproof serve --db postgresql://user@host:port/db` is all it takes: the
+store migrates the schema at start (in the connection's current schema, so a
+`search_path` in the URL's `options` picks it), keeps day partitions of the
+impressions table ready ahead of time, and commits each group of batches in
+one transaction (see `postgres_commit`). Several commit lanes and several
+service nodes may write at once. psycopg's errors are translated here, at the
+boundary: an unreachable database is `StoreUnavailable` (HTTP 503, nothing
+acknowledged), and the pool reconnects by itself once the database is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import psycopg
+from psycopg import AsyncConnection
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import TupleRow
+from psycopg_pool import AsyncConnectionPool
+
+from playproof.errors import (
+    ConfigError,
+    Conflict,
+    NotFound,
+    SchemaMismatch,
+    StoreError,
+    StoreUnavailable,
+)
+from playproof.protocol import Ack, Status, decode_status, encode
+from playproof.rules import Gap
+from playproof.stores import migrations, postgres_commit
+from playproof.stores import postgres_sql as q
+from playproof.stores.base import (
+    BatchWrite,
+    Credential,
+    DeviceInfo,
+    JournalInfo,
+    RejectInfo,
+    StatusInfo,
+)
+from playproof.stores.blobs import BlobStore
+from playproof.stores.postgres_partitions import Partitions, ahead
+
+log = logging.getLogger(__name__)
+
+Conn = AsyncConnection[TupleRow]
+
+DEFAULT_BLOB_DIR: Final = "playproof.blobs"
+COMMIT_LANES: Final = 3
+POOL_MIN: Final = 2
+POOL_MAX: Final = 10
+WAIT_S: Final = 5.0  # for a connection; then the request is answered 503
+PING_WAIT_S: Final = 2.0
+RECONNECT_S: Final = 10.0  # a slot's reconnect attempts; later requests start new ones
+MAINTAIN_EVERY_S: Final = 600.0
+RETRIES: Final = 3
+# Dead peers are noticed within seconds rather than when the kernel gives up.
+CONNECT_KWARGS: Final[dict[str, Any]] = {
+    "autocommit": True,
+    "connect_timeout": 5,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
+    "application_name": "playproof",
+}
+
+_SCHEMA_VERSION = (
+    "CREATE TABLE IF NOT EXISTS schema_version (version integer PRIMARY KEY, "
+    "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+)
+_MIGRATION_LOCK = "SELECT pg_advisory_xact_lock(hashtext('playproof:migrate:' || current_schema()))"
+
+
+def translate(exc: psycopg.Error, doing: str) -> StoreError:
+    """A psycopg error as ours: unreachable or transient is StoreUnavailable."""
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        return StoreUnavailable(f"PostgreSQL cannot {doing} now: {exc}".strip())
+    return StoreError(f"PostgreSQL failed to {doing}: {exc}".strip())
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages."""
+    try:
+        info = conninfo_to_dict(url)
+    except psycopg.Error:
+        return "<unparsable URL>"
+    who = info.get("user", "")
+    port = f":{info['port']}" if info.get("port") else ""
+    where = f"{info.get('host', '')}{port}/{info.get('dbname', '')}"
+    return f"postgresql://{who}{'@' if who else ''}{where}"
+
+
+def default_blob_dir() -> Path:
+    """`PLAYPROOF_BLOB_DIR`, or `./playproof.blobs`."""
+    return Path(os.environ.get("PLAYPROOF_BLOB_DIR") or DEFAULT_BLOB_DIR)
+
+
+def wall_ms() -> int:
+    """The wall clock in epoch milliseconds."""
+    return time.time_ns() // 1_000_000
+
+
+class PostgresStore:
+    """The store interface on PostgreSQL, screenshots in a blob folder."""
+
+    commit_lanes: int = COMMIT_LANES
+
+    def __init__(self, url: str, blob_dir: Path | None = None, pool_max: int = POOL_MAX) -> None:
+        try:
+            given = conninfo_to_dict(url)
+        except psycopg.Error as exc:
+            raise ConfigError(
+                f"expected a postgresql://... URL that libpq accepts: {exc}"
+            ) from None
+        self.url = url
+        # What the URL says wins over our defaults (application_name, timeouts...).
+        self._kwargs = {k: v for k, v in CONNECT_KWARGS.items() if k not in given}
+        self.blobs = BlobStore(blob_dir or default_blob_dir())
+        self._pool_max = pool_max
+        self._pool: AsyncConnectionPool[Conn] | None = None
+        self._partitions = Partitions(self._connection)
+        self._maintainer: asyncio.Task[None] | None = None
+
+    # --- plumbing -----------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _connection(self, doing: str, wait_s: float = WAIT_S) -> AsyncIterator[Conn]:
+        if self._pool is None:
+            raise StoreUnavailable(f"cannot {doing}: the PostgreSQL store is not open")
+        try:
+            async with self._pool.connection(wait_s) as conn:
+                yield conn
+        except psycopg.Error as exc:
+            raise translate(exc, doing) from exc
+
+    async def _fetch(
+        self, doing: str, query: Any, params: Any = None, wait_s: float = WAIT_S
+    ) -> list[TupleRow]:
+        async with self._connection(doing, wait_s) as conn:
+            return await (await conn.execute(query, params)).fetchall()
+
+    # --- lifecycle ----------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect, bring the schema up to date and get the day partitions ready."""
+        await self._migrate()
+        self._pool = AsyncConnectionPool(
+            self.url,
+            min_size=min(POOL_MIN, self._pool_max),
+            max_size=self._pool_max,
+            kwargs=self._kwargs,
+            check=AsyncConnectionPool.check_connection,
+            timeout=WAIT_S,
+            reconnect_timeout=RECONNECT_S,
+            name="playproof",
+            open=False,
+        )
+        try:
+            await self._pool.open(wait=True, timeout=WAIT_S * 2)
+            await self._partitions.load()
+            await self._partitions.ensure(ahead(wall_ms()))
+        except psycopg.Error as exc:
+            await self.close()
+            raise translate(exc, f"open a pool to {redact(self.url)}") from None
+        except BaseException:
+            await self.close()
+            raise
+        self._maintainer = asyncio.create_task(self._maintain())
+
+    async def _migrate(self) -> None:
+        # A connection of its own, not the pool's: an unreachable database or a
+        # refused login is reported at once, with libpq's own words.
+        try:
+            async with await AsyncConnection.connect(self.url, **self._kwargs) as conn:
+                await migrate(conn)
+        except psycopg.Error as exc:
+            raise translate(exc, f"connect to {redact(self.url)} and migrate it") from None
+
+    async def schema_version(self) -> int:
+        """The version of the schema in the database."""
+        async with self._connection("read the schema version") as conn:
+            return await _version(conn)
+
+    async def _maintain(self) -> None:
+        while True:
+            await asyncio.sleep(MAINTAIN_EVERY_S)
+            try:
+                await self._partitions.ensure(ahead(wall_ms()))
+            except StoreError as exc:
+                log.warning("cannot create the partitions ahead now (will retry): %s", exc)
+
+    async def close(self) -> None:
+        """Stop the partition task and close every connection."""
+        if self._maintainer is not None:
+            self._maintainer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._maintainer
+            self._maintainer = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable unless PostgreSQL answers now."""
+        await self._fetch("answer a ping", "SELECT 1", wait_s=PING_WAIT_S)
+
+    # --- ingest -------------------------------------------------------------
+
+    async def commit(self, writes: Sequence[BatchWrite]) -> list[list[Ack]]:
+        """Commit every batch in one transaction and return their acks."""
+        if not writes:
+            return []
+        now = max(w.received_at for w in writes)
+        missing = self._partitions.missing(postgres_commit.start_times(writes), now)
+        if missing:
+            await self._partitions.ensure(missing)
+        async with self._connection("commit impressions") as conn:
+            for attempt in itertools.count(1):
+                try:
+                    return await postgres_commit.commit(conn, writes)
+                except (psycopg.errors.TransactionRollback, psycopg.errors.UniqueViolation):
+                    # Rolled back (a deadlock, or a key stored by a writer that did not
+                    # hold its journal's lock): redo it all; the lookup now sees that key.
+                    if attempt >= RETRIES:
+                        raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # --- devices ------------------------------------------------------------
+
+    async def add_device(self, device: DeviceInfo, token_hash: str) -> None:
+        """Register a device; Conflict if its id (or token) is taken."""
+        params = (*device[:2], token_hash, *device[2:])
+        async with self._connection("register a device") as conn:
+            try:
+                await conn.execute(q.INSERT_DEVICE, params)
+            except psycopg.errors.UniqueViolation:
+                raise Conflict(f"device {device.device_id!r} is already registered") from None
+
+    async def device_for_token(self, token_hash: str) -> Credential | None:
+        """The device holding this token hash, with the stored hash."""
+        rows = await self._fetch("look up a token", q.SELECT_CREDENTIAL, (token_hash,))
+        return Credential(DeviceInfo(*rows[0][:4]), rows[0][4]) if rows else None
+
+    async def get_device(self, device_id: str) -> DeviceInfo | None:
+        """One registered device."""
+        sql = q.SELECT_DEVICE + "WHERE device_id = %s"
+        rows = await self._fetch("look up a device", sql, (device_id,))
+        return DeviceInfo(*rows[0]) if rows else None
+
+    async def list_devices(self) -> list[DeviceInfo]:
+        """Every registered device."""
+        rows = await self._fetch("list devices", q.SELECT_DEVICE + "ORDER BY device_id")
+        return [DeviceInfo(*row) for row in rows]
+
+    async def revoke_device(self, device_id: str, now: int) -> None:
+        """Revoke a device's token; NotFound if unknown."""
+        async with self._connection("revoke a device") as conn:
+            cur = await conn.execute(q.REVOKE_DEVICE, (now, device_id))
+            if cur.rowcount == 0:
+                raise NotFound(f"no device {device_id!r} is registered")
+
+    async def rotate_device(self, device_id: str, token_hash: str) -> None:
+        """Give a device a new token hash (lifting a revocation); NotFound if unknown."""
+        async with self._connection("rotate a token") as conn:
+            cur = await conn.execute(q.ROTATE_DEVICE, (token_hash, device_id))
+            if cur.rowcount == 0:
+                raise NotFound(f"no device {device_id!r} is registered")
+
+    # --- health -------------------------------------------------------------
+
+    async def save_status(self, status: Status, received_at: int) -> None:
+        """Keep the device's latest status; add its evictions to the running record."""
+        firsts = [first for first, _ in status.evicted_ranges]
+        lasts = [last for _, last in status.evicted_ranges]
+        payload = encode(status).decode()
+        async with self._connection("save a status") as conn, conn.transaction():
+            await conn.execute(
+                q.UPSERT_STATUS, (status.device_id, received_at, payload, status.evicted)
+            )
+            if firsts:
+                journal = status.journal_id or ""
+                params = (status.device_id, journal, received_at, firsts, lasts)
+                await conn.execute(q.INSERT_EVICTIONS, params)
+
+    async def latest_status(self, device_id: str) -> StatusInfo | None:
+        """The device's latest status and accumulated evictions."""
+        async with self._connection("read a status") as conn, conn.transaction():
+            row = await (await conn.execute(q.SELECT_STATUS, (device_id,))).fetchone()
+            ranges = await (await conn.execute(q.SELECT_EVICTIONS, (device_id,))).fetchall()
+        if row is None:
+            return None
+        status = decode_status(row[1].encode())
+        return StatusInfo(device_id, row[0], status, row[2], tuple(map(tuple, ranges)))
+
+    async def add_screenshot(
+        self, sha256: str, content_type: str, size: int, device_id: str, now: int
+    ) -> bool:
+        """Record a screenshot blob; False when it was known already."""
+        params = (sha256, content_type, size, device_id, now)
+        async with self._connection("record a screenshot") as conn:
+            return (await conn.execute(q.INSERT_SCREENSHOT, params)).rowcount > 0
+
+    async def journals(self, device_id: str | None = None) -> list[JournalInfo]:
+        """Sequence state per (device, journal), with open gaps."""
+        rows = await self._fetch("read sequence state", q.SELECT_JOURNALS, {"device": device_id})
+        return [
+            JournalInfo(device, journal, high, first, last, tuple(Gap(*g) for g in gaps))
+            for device, journal, high, first, last, gaps in rows
+        ]
+
+    async def gap_count(self) -> int:
+        """Open sequence gaps over every journal."""
+        rows = await self._fetch("count gaps", "SELECT count(*) FROM gaps")
+        return int(rows[0][0])
+
+    async def rejects(
+        self, device_id: str | None = None, reason: str | None = None, limit: int = 100
+    ) -> list[RejectInfo]:
+        """Rejected records, newest first."""
+        params = {"device": device_id, "reason": reason, "limit": limit}
+        rows = await self._fetch("read rejects", q.SELECT_REJECTS, params)
+        return [RejectInfo(*row) for row in rows]
+
+    async def execute_read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run a read-only query with `%s` placeholders (for reports and tests)."""
+        return await self._fetch("run a query", sql.encode(), tuple(params))
+
+
+async def migrate(conn: Conn) -> None:
+    """Apply the pending migrations in one transaction; SchemaMismatch for a newer schema."""
+    async with conn.transaction():
+        await conn.execute(_MIGRATION_LOCK)
+        row = await (await conn.execute("SELECT current_schema()")).fetchone()
+        schema = row[0] if row else None
+        if schema is None:
+            raise SchemaMismatch(
+                "expected the connection's search_path to name an existing schema, got "
+                "none: create the schema first, or drop `search_path` from the URL"
+            )
+        await conn.execute(_SCHEMA_VERSION)
+        for step in migrations.pending("postgres", await _version(conn)):
+            log.info("migrating %s to schema version %d (%s)", schema, step.version, step.name)
+            await conn.execute(step.sql.encode())
+            await conn.execute(
+                "INSERT INTO schema_version (version, name) VALUES (%s, %s)",
+                (step.version, step.name),
+            )
+
+
+async def _version(conn: Conn) -> int:
+    row = await (
+        await conn.execute("SELECT coalesce(max(version), 0) FROM schema_version")
+    ).fetchone()
+    return int(row[0]) if row else 0
