@@ -4,6 +4,7 @@ set -euo pipefail
 need=()
 command -v chronyd >/dev/null 2>&1 || [ -x /usr/sbin/chronyd ] || need+=(chrony)
 command -v Xvfb >/dev/null 2>&1 || need+=(xvfb)
+command -v xsetroot >/dev/null 2>&1 || need+=(x11-xserver-utils)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]} for the test suite" >&2
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi

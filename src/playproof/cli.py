@@ -210,6 +210,59 @@ async def _upgrade_schema(db_url: str) -> None:
         pass
 
 
+@app.command()
+def player(
+    server: Annotated[str, typer.Option("--server", help="The ingest service's base URL.")],
+    token: Annotated[
+        str, typer.Option("--token", envvar="PLAYPROOF_TOKEN", help="The device's bearer token.")
+    ],
+    device_id: Annotated[str, typer.Option("--device-id", help="This screen's device id.")],
+    store_id: Annotated[str, typer.Option("--store-id", help="The store the screen stands in.")],
+    data_dir: Annotated[
+        Path, typer.Option("--data-dir", help="The device's data folder (journal, screenshots).")
+    ],
+    playlist: Annotated[Path, typer.Option("--playlist", help="Playlist JSON file.")],
+    speed: Annotated[float, typer.Option(help="Divide every item's duration by this.")] = 1.0,
+    ntp: Annotated[
+        list[str] | None, typer.Option("--ntp", help="NTP server host:port (repeatable).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for skips and screenshot moments.")] = None,
+    checkpoint_interval: Annotated[
+        float, typer.Option(help="Seconds between checkpoints of a play under way.")
+    ] = 5.0,
+    capacity: Annotated[int, typer.Option(help="Journal capacity in records.")] = 5760,
+    screenshots: Annotated[
+        bool, typer.Option(help="Take proof screenshots (when a display exists).")
+    ] = True,
+    max_plays: Annotated[
+        int | None, typer.Option(help="Stop after this many plays (default: never).")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Play a playlist in a loop and record every play (the reference player)."""
+    from playproof.device import DEFAULT_CAPTURE, DeviceConfig, UplinkConfig
+    from playproof.device.player import load_playlist, run_player
+
+    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        items = load_playlist(playlist)
+        config = DeviceConfig(
+            device_id=device_id,
+            store_id=store_id,
+            data_dir=data_dir,
+            uplink=UplinkConfig(server_url=server, token=token),
+            ntp_servers=tuple(ntp or ()),
+            capacity=capacity,
+            checkpoint_s=checkpoint_interval,
+        )
+        capture = DEFAULT_CAPTURE if screenshots else None
+        asyncio.run(
+            run_player(config, items, speed=speed, seed=seed, capture=capture, max_plays=max_plays)
+        )
+    except PlayproofError as exc:
+        raise fail(str(exc)) from None
+
+
 def _when(ms: int | None) -> str:
     if ms is None:
         return ""

@@ -365,6 +365,15 @@ async def test_the_latest_status_is_kept_and_evictions_accumulate(store: Store) 
     assert info is not None
     assert (info.received_at, info.status.queue_depth, info.evicted_total) == (300, None, 6)
     assert info.evicted_ranges == (("", 4, 4), ("j-1", 1, 3), ("j-1", 10, 11))
+
+
+async def test_a_resent_status_does_not_count_its_evictions_twice(store: Store) -> None:
+    """A device resends a status whose answer was lost: the ranges are the truth."""
+    await store.save_status(status(evicted=3, evicted_ranges=[(1, 3)]), 100)
+    await store.save_status(status(evicted=3, evicted_ranges=[(1, 3)]), 101)
+    info = await store.latest_status("scr-1")
+    assert info is not None
+    assert info.evicted_total == 3
     await store.save_status(status(version="v\x00", drift_ppm=0.125), 400)
     info = await store.latest_status(DEVICE)
     assert info is not None and (info.status.version, info.status.drift_ppm) == ("v\x00", 0.125)

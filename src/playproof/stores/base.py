@@ -125,6 +125,19 @@ class StatusInfo(NamedTuple):
     evicted_ranges: tuple[tuple[str, int, int], ...]
 
 
+def status_info(
+    device_id: str, received_at: int, status: Status, ranges: Sequence[Sequence[Any]]
+) -> StatusInfo:
+    """A device's latest status with its evicted ranges (journal, first, last).
+
+    The total counts the distinct evicted sequences, not the `evicted` numbers
+    of the statuses: a status resent after a lost answer must not count twice.
+    """
+    kept = tuple((str(j), int(f), int(last)) for j, f, last in ranges)
+    total = sum(last - first + 1 for _, first, last in kept)
+    return StatusInfo(device_id, received_at, status, total, kept)
+
+
 class Store(Protocol):
     """What the ingest service needs of a store; SQLite and PostgreSQL implement it."""
 

@@ -47,6 +47,7 @@ from playproof.stores.base import (
     JournalInfo,
     RejectInfo,
     StatusInfo,
+    status_info,
 )
 from playproof.stores.blobs import BlobStore
 from playproof.stores.postgres_partitions import Partitions, ahead
@@ -302,7 +303,7 @@ class PostgresStore:
         if row is None:
             return None
         status = decode_status(row[1].encode())
-        return StatusInfo(device_id, row[0], status, row[2], tuple(map(tuple, ranges)))
+        return status_info(device_id, row[0], status, ranges)
 
     async def add_screenshot(
         self, sha256: str, content_type: str, size: int, device_id: str, now: int

@@ -36,6 +36,7 @@ from playproof.stores.base import (
     needs_lookup,
     plan_commit,
     sequence_changes,
+    status_info,
     tracked_keys,
 )
 from playproof.stores.blobs import BlobStore
@@ -424,8 +425,7 @@ def _latest_status(conn: sqlite3.Connection, device_id: str) -> StatusInfo | Non
         "ORDER BY journal_id, first_seq",
         (device_id,),
     ).fetchall()
-    status = decode_status(row[1].encode())
-    return StatusInfo(device_id, row[0], status, row[2], tuple(map(tuple, ranges)))
+    return status_info(device_id, row[0], decode_status(row[1].encode()), ranges)
 
 
 def _journals(conn: sqlite3.Connection, device_id: str | None) -> list[JournalInfo]:

@@ -1,0 +1,250 @@
+"""The device SDK in one object: journal, clock, recorder, screenshots and delivery.
+
+```python
+config = DeviceConfig(device_id="scr-1", store_id="store-1", data_dir=Path("/var/lib/pp"),
+                      uplink=UplinkConfig(server_url="https://ingest", token=token))
+async with await Device.open(config) as device:
+    async with device.play(content) as play:
+        await show(content)          # ends `completed`; `error` if this raises
+```
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import AsyncIterator, Coroutine
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final
+
+from playproof.device.clock import Clock, parse_server
+from playproof.device.journal import DEFAULT_CAPACITY, Journal
+from playproof.device.recorder import DEFAULT_CHECKPOINT_S, Content, Loop, Play, Recorder
+from playproof.device.screenshot import (
+    DEFAULT_MAX_BYTES,
+    CaptureSource,
+    ScreenshotStore,
+    default_capture,
+)
+from playproof.device.transport import UplinkConfig
+from playproof.device.uplink import Uplink
+from playproof.protocol import Record
+from playproof.rules import DEFAULT_POLICY, Policy
+
+log = logging.getLogger(__name__)
+
+SCREENSHOT_FOLDER: Final = "screenshots"
+
+
+class _Default:
+    """Marker: use the default capture source."""
+
+
+DEFAULT_CAPTURE: Final = _Default()
+# What `Device.open(capture=...)` takes: a source, None for no screenshots, or the default.
+CaptureChoice = CaptureSource | _Default | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeviceConfig:
+    """One screen's settings; `uplink=None` records without delivering."""
+
+    device_id: str
+    store_id: str
+    data_dir: Path
+    uplink: UplinkConfig | None = None
+    ntp_servers: tuple[str, ...] = ()
+    ntp_interval_s: float = 900.0
+    ntp_timeout_s: float = 2.0
+    capacity: int = DEFAULT_CAPACITY
+    journal_max_bytes: int | None = None
+    checkpoint_s: float = DEFAULT_CHECKPOINT_S
+    screenshot_max_bytes: int = DEFAULT_MAX_BYTES
+    policy: Policy = DEFAULT_POLICY
+
+
+class Device:
+    """A screen's recording and delivery; open it with `Device.open`, close it once."""
+
+    def __init__(
+        self,
+        config: DeviceConfig,
+        journal: Journal,
+        clock: Clock,
+        recorder: Recorder,
+        uplink: Uplink | None,
+    ) -> None:
+        self.config = config
+        self.journal = journal
+        self.clock = clock
+        self.recorder = recorder
+        self.uplink = uplink
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
+
+    @classmethod
+    async def open(
+        cls,
+        config: DeviceConfig,
+        *,
+        capture: CaptureChoice = DEFAULT_CAPTURE,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> Device:
+        """Open the journal (closing plays a crash left open), sync once, start delivery."""
+        rng = rng or random.Random()
+        journal = await Journal.open(
+            config.data_dir, config.device_id, config.capacity, config.journal_max_bytes
+        )
+        try:
+            return await cls._assemble(config, journal, capture, clock, rng)
+        except BaseException:
+            await journal.aclose()
+            raise
+
+    @classmethod
+    async def _assemble(
+        cls,
+        config: DeviceConfig,
+        journal: Journal,
+        capture: CaptureChoice,
+        clock: Clock | None,
+        rng: random.Random,
+    ) -> Device:
+        clock = clock or _clock(config)
+        source = default_capture() if isinstance(capture, _Default) else capture
+        shots = await _shots(config, source)
+        recorder = Recorder(
+            journal,
+            clock,
+            store_id=config.store_id,
+            checkpoint_s=config.checkpoint_s,
+            capture=source,
+            shots=shots,
+            rng=rng,
+        )
+        uplink = _uplink(config, journal, clock, shots, rng)
+        device = cls(config, journal, clock, recorder, uplink)
+        await device._start()
+        return device
+
+    async def _start(self) -> None:
+        # One sync before the first play, so that it can already be clock_synced.
+        await self.clock.sync()
+        self._spawn(self.clock.run(sync_first=False))
+        if self.uplink is not None:
+            self.recorder.on_record = self.uplink.notify
+            self.recorder.on_screenshot = self.uplink.notify_screenshot
+            self.clock.on_change = self.uplink.notify_status
+            self._spawn(self.uplink.run())
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro)
+        task.add_done_callback(_report_crash)
+        self._tasks.append(task)
+
+    # --- recording ----------------------------------------------------------
+
+    async def start(self, content: Content) -> Play:
+        """Record that `content` starts now (durable before this returns)."""
+        return await self.recorder.start(content)
+
+    def play(self, content: Content) -> AbstractAsyncContextManager[Play]:
+        """`async with device.play(c) as p:` ends `completed`, or `error` if the body raises."""
+        return self.recorder.play(content)
+
+    def loop(self, content: Content) -> AbstractAsyncContextManager[Loop]:
+        """A content loop: one record per pass."""
+        return self.recorder.loop(content)
+
+    @property
+    def recovered(self) -> list[Record]:
+        """Plays a crash had left open, closed at this start as `device_restart`."""
+        return self.journal.recovered
+
+    async def status(self) -> dict[str, Any]:
+        """The status message this device would send now."""
+        if self.uplink is None:
+            stats = await self.journal.stats()
+            return {"device_id": self.config.device_id, **stats._asdict()}
+        message, _ = await self.uplink.status()
+        return message
+
+    # --- closing ------------------------------------------------------------
+
+    async def close(self, flush_timeout_s: float = 3.0) -> bool:
+        """End open plays as `interrupted`, deliver what can be within the limit, close."""
+        if self._closed:
+            return True
+        self._closed = True
+        await self.recorder.interrupt_all()
+        flushed = True
+        if self.uplink is not None:
+            flushed = await self.uplink.drain(flush_timeout_s)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.uplink.send_status(), 1.0)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.journal.aclose()
+        return flushed
+
+    async def __aenter__(self) -> Device:
+        """The device itself."""
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        """Close the device (see `close`)."""
+        await self.close()
+
+
+def _clock(config: DeviceConfig) -> Clock:
+    servers = [parse_server(s) for s in config.ntp_servers]
+    return Clock(
+        servers,
+        policy=config.policy,
+        interval_s=config.ntp_interval_s,
+        timeout_s=config.ntp_timeout_s,
+    )
+
+
+async def _shots(config: DeviceConfig, source: CaptureSource | None) -> ScreenshotStore | None:
+    if source is None:
+        return None
+    folder = config.data_dir / SCREENSHOT_FOLDER
+    return await ScreenshotStore.open(folder, config.screenshot_max_bytes)
+
+
+def _uplink(
+    config: DeviceConfig,
+    journal: Journal,
+    clock: Clock,
+    shots: ScreenshotStore | None,
+    rng: random.Random,
+) -> Uplink | None:
+    if config.uplink is None:
+        return None
+    return Uplink(config.uplink, journal, clock, shots=shots, policy=config.policy, rng=rng)
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    if task.cancelled() or task.exception() is None:
+        return
+    log.error("device task failed: %r", task.exception(), exc_info=task.exception())
+
+
+@contextlib.asynccontextmanager
+async def opened(config: DeviceConfig, **kwargs: Any) -> AsyncIterator[Device]:
+    """`async with opened(config) as device:` opens, and closes even on error."""
+    device = await Device.open(config, **kwargs)
+    try:
+        yield device
+    finally:
+        await device.close()
