@@ -11,15 +11,25 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from playproof.errors import StoreError, StoreUnavailable
 from playproof.protocol import Ack
-from playproof.stores.base import BatchWrite, Store
+from playproof.stores.base import BatchWrite
 
 log = logging.getLogger(__name__)
 
 _Pending = tuple[BatchWrite, "asyncio.Future[list[Ack]]"]
+
+
+class Sink(Protocol):
+    """Where judged batches are made durable: a store, or a pipeline in front of one."""
+
+    commit_lanes: int
+
+    async def commit(self, writes: Sequence[BatchWrite]) -> list[list[Ack]]:
+        """Make the batches durable together; each batch's acks, in order."""
 
 
 class GroupCommitter:
@@ -27,12 +37,12 @@ class GroupCommitter:
 
     def __init__(
         self,
-        store: Store,
+        sink: Sink,
         max_records: int = 20_000,
         workers: int = 1,
         observe: Callable[[int, int, float], None] | None = None,
     ) -> None:
-        self._store = store
+        self._sink = sink
         self._max_records = max_records
         self._workers = workers
         self._observe = observe
@@ -96,7 +106,7 @@ class GroupCommitter:
 
     async def _commit_group(self, group: list[_Pending]) -> None:
         try:
-            results = await self._store.commit([write for write, _ in group])
+            results = await self._sink.commit([write for write, _ in group])
         except StoreError as exc:
             _fail(group, exc)
         except Exception as exc:
