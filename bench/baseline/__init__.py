@@ -1,0 +1,1 @@
+"""The naive ingest service a team would write first: the benchmark's baseline."""
