@@ -38,3 +38,4 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache playproof.db* playproof.blobs
+	rm -rf playproof.fleet playproof.service.log playproof.operator-token playproof.demo-token

@@ -15,6 +15,7 @@ import hashlib
 import math
 import resource
 import time
+import zlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -72,22 +73,35 @@ class Chunk:
     body: bytes
 
 
+PLAYLIST = 20
+CATALOGUE = 500
+SPACING_MS = 12_000
+
+
 def make_record(device: Device, seq: int, now: int) -> bytes:
-    """One sealed record: a play that ended within the last 30 s, one in ten skipped."""
+    """One sealed record of a screen looping a 20-item playlist; one in ten skipped.
+
+    A device's playlist is 20 contents of a 500-content catalogue (campaigns, ad
+    groups and suppliers follow the content), and the plays of a 1000-record
+    batch are 12 s apart, ending in the last 3.3 hours: a drained backlog, as a
+    real screen sends one, so that the report rollups see realistic groups.
+    """
     skipped = seq % 10 == 0
     shot = hashlib.sha256(f"{device.device_id}/{seq}".encode()).hexdigest()
     duration = 6_000 if skipped else 15_000
-    end = now - 1_000 - (seq * 7_919) % 30_000
+    end = now - 1_000 - (999 - seq % 1000) * SPACING_MS
+    offset = zlib.crc32(device.device_id.encode()) % CATALOGUE
+    content = (offset + seq % PLAYLIST) % CATALOGUE
     record = Record(
         v=1,
         device_id=device.device_id,
         journal_id=device.journal_id,
         seq=seq,
-        campaign_id=f"cmp-{seq % 50}",
-        ad_group_id=f"ag-{seq % 200}",
-        content_id=f"cnt-{seq % 500}",
+        campaign_id=f"cmp-{content % 50}",
+        ad_group_id=f"ag-{content % 200}",
+        content_id=f"cnt-{content}",
         store_id=device.store_id,
-        supplier_id=f"sup-{seq % 20}",
+        supplier_id=f"sup-{content % 20}",
         start_ts=end - duration,
         end_ts=end,
         duration_ms=duration,

@@ -17,7 +17,10 @@ ALLOWED = {
     "config": {"errors", "protocol", "rules"},
     "stores": {"errors", "protocol", "rules", "stores"},
     "device": {"errors", "protocol", "rules", "config", "device"},
-    "server": {"errors", "protocol", "rules", "config", "stores", "server"},
+    "server": {"errors", "protocol", "rules", "config", "stores", "server", "pipeline"},
+    "pipeline": {"errors", "protocol", "rules", "stores", "pipeline"},
+    # An outer layer, like the CLI: it drives the SDK against a service and reads both sides.
+    "fleet": {"errors", "protocol", "rules", "config", "device", "server", "stores", "fleet"},
 }
 
 
@@ -55,3 +58,8 @@ def test_each_module_imports_only_inward(path: Path) -> None:
 def test_device_and_server_never_import_each_other() -> None:
     assert "server" not in ALLOWED["device"]
     assert "device" not in ALLOWED["server"]
+
+
+def test_neither_device_nor_server_imports_the_fleet() -> None:
+    assert "fleet" not in ALLOWED["device"]
+    assert "fleet" not in ALLOWED["server"]

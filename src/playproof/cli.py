@@ -7,7 +7,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -16,6 +16,10 @@ from rich.table import Table
 from playproof.config import load_limits, load_policy
 from playproof.errors import PlayproofError
 from playproof.stores import DEFAULT_URL, redact_url
+
+if TYPE_CHECKING:
+    from playproof.pipeline import Pipeline
+    from playproof.rules import Policy
 
 T = TypeVar("T")
 
@@ -28,6 +32,10 @@ devices = typer.Typer(help="Register, list and revoke devices.", no_args_is_help
 db = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(devices, name="devices")
 app.add_typer(db, name="db")
+operators = typer.Typer(help="Register, list and revoke operators.", no_args_is_help=True)
+report = typer.Typer(help="Delivery, rejects and device reports.", no_args_is_help=True)
+app.add_typer(operators, name="operators")
+app.add_typer(report, name="report")
 
 err = Console(stderr=True)
 
@@ -69,6 +77,16 @@ async def _call(coro: Callable[[], Awaitable[T]]) -> T:
     return await coro()
 
 
+PipelineOption = Annotated[
+    str | None,
+    typer.Option(
+        "--pipeline",
+        envvar="PLAYPROOF_PIPELINE",
+        help="jetstream://host:port[,host:port]?settings: commit through NATS JetStream.",
+    ),
+]
+
+
 @app.command()
 def serve(
     db_url: DbOption = DEFAULT_URL,
@@ -78,8 +96,18 @@ def serve(
     rule: RuleOption = None,
     limit: LimitOption = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    sim_clock: Annotated[
+        str | None,
+        typer.Option(
+            "--sim-clock",
+            envvar="PLAYPROOF_SIM_CLOCK",
+            help="Simulations only: a simulated clock, SPEED or speed=X,anchor=MS,epoch=MS.",
+        ),
+    ] = None,
+    pipeline: PipelineOption = None,
 ) -> None:
     """Run the ingest service."""
+    from playproof.fleet.simclock import service_clock
     from playproof.server.runner import serve as serve_forever
     from playproof.server.service import Service
     from playproof.stores import open_store
@@ -91,13 +119,49 @@ def serve(
     try:
         policy = load_policy(config, rule or [])
         limits = load_limits(config, limit or [])
-        service = Service(open_store(db_url), policy, limits=limits)
+        clock = service_clock(sim_clock)
+        sink = _pipeline(pipeline, policy)
+        service = Service(open_store(db_url), policy, limits=limits, pipeline=sink, **clock)
     except PlayproofError as exc:
         raise fail(str(exc)) from None
     try:
         serve_forever(service, host, port, log_level)
     except OSError as exc:
         raise fail(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+def _pipeline(url: str | None, policy: Policy) -> Pipeline | None:
+    """The pipeline `--pipeline` names, its servers reached first (one clear line if not)."""
+    if url is None:
+        return None
+    from playproof.pipeline import open_pipeline, prepare
+
+    sink = open_pipeline(url, policy)
+    run(lambda: prepare(url))
+    return sink
+
+
+@app.command()
+def load(
+    pipeline: Annotated[
+        str,
+        typer.Option(
+            "--pipeline", envvar="PLAYPROOF_PIPELINE", help="jetstream://host:port[,...]?settings"
+        ),
+    ],
+    db_url: DbOption = DEFAULT_URL,
+    partitions: Annotated[
+        str | None, typer.Option(help="Partitions to load, e.g. 0,2 or 0-3 (default: all).")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Load records from the JetStream pipeline into the database (run any number of these)."""
+    from playproof.pipeline.run import run_loader
+    from playproof.stores import open_store
+
+    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    run(lambda: _upgrade_schema(db_url))
+    run(lambda: run_loader(pipeline, open_store(db_url), partitions))
 
 
 @devices.command("add")
@@ -188,12 +252,109 @@ def devices_show(
     print(json.dumps(run(show), indent=2))
 
 
+FleetDirOption = Annotated[
+    Path, typer.Option("--devices-dir", help="One data folder per simulated screen, in here.")
+]
+Share = Annotated[float, typer.Option(min=0.0, max=1.0)]
+JsonOption = Annotated[
+    Path | None, typer.Option("--json", help="Also write the reconciliation as JSON here.")
+]
+AllOption = Annotated[bool, typer.Option("--all", help="List every device, not the worst 20.")]
+
+
 @app.command()
-def demo(port: Annotated[int, typer.Option(help="Port to serve on.")] = 8787) -> None:
-    """Serve on the embedded SQLite default with a demo device and an example request."""
+def demo(
+    port: Annotated[int, typer.Option(help="Port to serve on.")] = 8787,
+    devices: Annotated[int, typer.Option(help="Simulated screens.")] = 50,
+    duration: Annotated[str, typer.Option(help="Simulated time to run: 90s, 10m, 2h.")] = "10m",
+    speed: Annotated[float, typer.Option(help="Simulated clock speed.")] = 10.0,
+    seed: Annotated[int, typer.Option(help="Seed of the fleet's plan.")] = 1,
+) -> None:
+    """The service on ./playproof.db with a live simulated fleet, then the reconciliation."""
     from playproof import demo as demo_module
 
-    demo_module.run(port)
+    try:
+        code = demo_module.run(port, devices=devices, duration=duration, speed=speed, seed=seed)
+    except PlayproofError as exc:
+        raise fail(str(exc)) from None
+    raise typer.Exit(code)
+
+
+@app.command()
+def simulate(
+    server: Annotated[str, typer.Option("--server", help="The ingest service's base URL.")],
+    db_url: DbOption = DEFAULT_URL,
+    devices: Annotated[int, typer.Option(help="Simulated screens.")] = 100,
+    duration: Annotated[str, typer.Option(help="Simulated time to run: 90s, 5m, 2h.")] = "10m",
+    speed: Annotated[
+        float | None, typer.Option(help="Clock speed; the service's must match (default: its).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed: the same seed, the same fleet and faults.")] = 1,
+    devices_dir: FleetDirOption = Path("playproof.fleet"),
+    workers: Annotated[int, typer.Option(help="Processes (0: as descriptors require).")] = 0,
+    play_length: Annotated[str, typer.Option(help="Content lengths, MIN..MAX.")] = "10s..30s",
+    capacity: Annotated[int, typer.Option(help="Journal capacity per screen.")] = 5760,
+    drain: Annotated[float, typer.Option(help="Real seconds to deliver at the end.")] = 30.0,
+    ramp: Annotated[float | None, typer.Option(help="Real seconds to start every screen.")] = None,
+    no_faults: Annotated[bool, typer.Option("--no-faults", help="Disable every fault.")] = False,
+    offline: Share = 0.1,
+    offline_windows: Annotated[int, typer.Option(help="Offline windows per screen.")] = 2,
+    offline_length: Annotated[str, typer.Option(help="Offline window lengths.")] = "1m..30m",
+    long_offline: Share = 0.02,
+    skew: Share = 0.1,
+    skew_max: Annotated[str, typer.Option(help="Largest clock skew.")] = "6h",
+    steps: Share = 0.05,
+    skip: Share = 0.1,
+    interrupt: Share = 0.02,
+    error: Share = 0.01,
+    loops: Share = 0.1,
+    crash: Share = 0.05,
+    crashes: Annotated[int, typer.Option(help="Crashes per crashing screen, at most.")] = 2,
+    ntp: Annotated[bool, typer.Option(help="Screens with good clocks use the fleet's NTP.")] = True,
+    fast_journals: Annotated[
+        bool, typer.Option("--fast-journals", help="Simulation only: journals without fsync.")
+    ] = False,
+    live: Annotated[bool | None, typer.Option(help="Rich live view (default: on a TTY).")] = None,
+    json_path: JsonOption = None,
+    show_all: AllOption = False,
+) -> None:
+    """Run simulated screens through the device SDK against a service, then reconcile."""
+    from playproof.fleet import commands
+    from playproof.fleet.plan import Faults, FleetOptions, parse_duration, parse_range
+
+    try:
+        faults = Faults.none() if no_faults else Faults(
+            offline, offline_windows, parse_range(offline_length), long_offline, skew,
+            parse_duration(skew_max), steps, skip, interrupt, error, loops, crash, crashes,
+        )  # fmt: skip
+        options = FleetOptions(
+            devices, parse_duration(duration), devices_dir, seed, faults, parse_range(play_length),
+            capacity=capacity, ramp_s=ramp, drain_s=drain, workers=workers, ntp=ntp,
+            fast_journals=fast_journals,
+        )  # fmt: skip
+        code = commands.simulate(
+            server, db_url, options, speed=speed, live=live, json_path=json_path, show_all=show_all
+        )
+    except PlayproofError as exc:
+        raise fail(str(exc)) from None
+    raise typer.Exit(code)
+
+
+@app.command()
+def reconcile(
+    db_url: DbOption = DEFAULT_URL,
+    devices_dir: FleetDirOption = Path("playproof.fleet"),
+    json_path: JsonOption = None,
+    show_all: AllOption = False,
+) -> None:
+    """Compare what stopped devices recorded with what the service holds; exit 1 on a loss."""
+    from playproof.fleet import commands
+
+    try:
+        code = commands.reconcile(db_url, devices_dir, json_path, show_all)
+    except PlayproofError as exc:
+        raise fail(str(exc)) from None
+    raise typer.Exit(code)
 
 
 @db.command("upgrade")
@@ -261,6 +422,162 @@ def player(
         )
     except PlayproofError as exc:
         raise fail(str(exc)) from None
+
+
+@operators.command("add")
+def operators_add(
+    name: Annotated[str, typer.Argument(help="The new operator's name.")],
+    db_url: DbOption = DEFAULT_URL,
+) -> None:
+    """Register an operator; its bearer token is the only line printed on stdout."""
+    from playproof.server import admin
+    from playproof.server.operators import add_operator
+
+    async def add() -> str:
+        async with admin.opened(db_url) as store:
+            return await add_operator(store, name)
+
+    print(run(add))
+
+
+@operators.command("list")
+def operators_list(db_url: DbOption = DEFAULT_URL) -> None:
+    """List registered operators."""
+    from playproof.server import admin
+
+    async def listing() -> list[Any]:
+        async with admin.opened(db_url) as store:
+            return list(await store.list_operators())
+
+    table = Table("operator", "created", "revoked")
+    for row in run(listing):
+        table.add_row(row.name, _when(row.created_at), _when(row.revoked_at))
+    Console().print(table)
+
+
+@operators.command("revoke")
+def operators_revoke(
+    name: Annotated[str, typer.Argument(help="The operator whose token to revoke.")],
+    db_url: DbOption = DEFAULT_URL,
+) -> None:
+    """Revoke an operator's token: its requests get 403 within 2 s."""
+    from playproof.server import admin
+    from playproof.server.operators import revoke_operator
+
+    async def revoke() -> None:
+        async with admin.opened(db_url) as store:
+            await revoke_operator(store, name)
+
+    run(revoke)
+    err.print(f"revoked {name}")
+
+
+FromOption = Annotated[
+    str | None, typer.Option("--from", help="Start: RFC 3339, or a date (midnight in --tz).")
+]
+ToOption = Annotated[str | None, typer.Option("--to", help="End (excluded), as --from.")]
+TzOption = Annotated[str | None, typer.Option("--tz", help="UTC or an IANA zone name.")]
+CsvOption = Annotated[bool, typer.Option("--csv", help="Print CSV instead of a table.")]
+FilterOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--filter", help="Only rows with NAME=VALUE, e.g. supplier_id=sup-1 (repeatable)."
+    ),
+]
+
+
+def _query(**given: str | None) -> dict[str, str]:
+    return {name.replace("from_", "from"): v for name, v in given.items() if v is not None}
+
+
+def _filters(flags: list[str] | None) -> dict[str, str]:
+    found = {}
+    for flag in flags or []:
+        name, sep, value = flag.partition("=")
+        if not sep:
+            raise fail(f"expected --filter NAME=VALUE, got {flag!r}")
+        found[name.strip()] = value.strip()
+    return found
+
+
+def _print_table(table: Any, as_csv: bool) -> None:
+    from playproof.server.formats import csv_text
+
+    if as_csv:
+        print(csv_text(table.columns, table.rows), end="")
+        return
+    shown = Table(*table.columns)
+    for row in table.rows:
+        shown.add_row(*(", ".join(v) if isinstance(v, list) else str(v) for v in row))
+    Console().print(shown)
+
+
+@report.command("delivery")
+def report_delivery(
+    from_: FromOption = None,
+    to: ToOption = None,
+    group_by: Annotated[
+        str, typer.Option("--group-by", help="Comma-separated: campaign_id, ..., hour, day.")
+    ] = "campaign_id,day",
+    tz: TzOption = None,
+    filters: FilterOption = None,
+    as_csv: CsvOption = False,
+    db_url: DbOption = DEFAULT_URL,
+) -> None:
+    """Valid and partial plays, played seconds and mean quality per group (what billing reads)."""
+    from playproof.server import admin, reports
+
+    query = {**_query(from_=from_, to=to, group_by=group_by, tz=tz), **_filters(filters)}
+
+    async def build() -> Any:
+        async with admin.opened(db_url) as store:
+            return await reports.delivery(store, query)
+
+    _print_table(run(build), as_csv)
+
+
+@report.command("rejects")
+def report_rejects(
+    from_: FromOption = None,
+    to: ToOption = None,
+    group_by: Annotated[
+        str, typer.Option("--group-by", help="Comma-separated: reason, device_id, hour, day.")
+    ] = "reason",
+    tz: TzOption = None,
+    as_csv: CsvOption = False,
+    db_url: DbOption = DEFAULT_URL,
+) -> None:
+    """Rejected records counted by reason (and device, hour or day); the last day by default."""
+    from playproof.server import admin, reports
+    from playproof.server.ingest import wall_clock_ms
+
+    query = _query(from_=from_, to=to, group_by=group_by, tz=tz)
+
+    async def build() -> Any:
+        async with admin.opened(db_url) as store:
+            return await reports.reject_counts(store, query, wall_clock_ms())
+
+    _print_table(run(build), as_csv)
+
+
+@report.command("devices")
+def report_devices(
+    as_csv: CsvOption = False,
+    db_url: DbOption = DEFAULT_URL,
+    config: ConfigOption = None,
+    rule: RuleOption = None,
+) -> None:
+    """Every device's health: last seen, skew, clock, queue, sequences, problems."""
+    from playproof.server import admin, reports
+    from playproof.server.ingest import wall_clock_ms
+
+    async def build() -> Any:
+        policy = load_policy(config, rule or [])
+        async with admin.opened(db_url) as store:
+            views = await reports.devices(store, {}, wall_clock_ms(), policy)
+            return reports.device_table(views)
+
+    _print_table(run(build), as_csv)
 
 
 def _when(ms: int | None) -> str:

@@ -1,83 +1,22 @@
-"""`playproof demo`: the service on the embedded SQLite default, with a demo device ready."""
+"""`playproof demo` (what `make demo` runs): a thin wrapper over the fleet demo.
+
+The service on the embedded SQLite default (./playproof.db) on a 10x simulated
+clock, a live fleet of simulated screens with a few faults, and the
+reconciliation at the end; see `playproof.fleet.demo` and docs/fleet.md.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import json
-import sys
-import time
-from pathlib import Path
 
-from playproof.protocol import Record, encode, seal
-from playproof.server import admin
-from playproof.server.runner import serve
-from playproof.server.service import Service
-from playproof.stores import DEFAULT_URL, open_store
+def run(
+    port: int = 8787,
+    *,
+    devices: int = 50,
+    duration: str = "10m",
+    speed: float = 10.0,
+    seed: int = 1,
+) -> int:
+    """Run the fleet demo; the exit code (0 clean, 1 when a play was lost or counted twice)."""
+    from playproof.fleet.demo import run_demo
 
-DEMO_DEVICE = "demo-screen-1"
-DEMO_STORE = "demo-store"
-
-
-def example_record(device_id: str, seq: int) -> dict[str, object]:
-    """A sealed, valid record of a 15 s play that ended a second ago."""
-    end = time.time_ns() // 1_000_000 - 1000
-    record = Record(
-        ad_group_id="ag-1",
-        campaign_id="cmp-demo",
-        clock_offset_ms=0,
-        clock_synced=True,
-        content_id="cnt-1",
-        device_id=device_id,
-        duration_ms=15_000,
-        end_reason="completed",
-        end_ts=end,
-        expected_ms=15_000,
-        journal_id="j-demo",
-        screenshot_at_ms=None,
-        screenshot_sha256=None,
-        seq=seq,
-        start_ts=end - 15_000,
-        store_id=DEMO_STORE,
-        supplier_id="sup-1",
-        v=1,
-    )
-    return dict(json.loads(encode(seal(record))))
-
-
-async def provision(url: str) -> str:
-    """A fresh token for the demo device (registering it on first use)."""
-    async with admin.opened(url) as store:
-        if await store.get_device(DEMO_DEVICE) is None:
-            return await admin.add_device(store, DEMO_DEVICE, DEMO_STORE)
-        return await admin.rotate_device(store, DEMO_DEVICE)
-
-
-def banner(base: str, token: str) -> str:
-    """What to paste into another terminal to see an impression arrive."""
-    envelope = {
-        "device_id": DEMO_DEVICE,
-        "sent_at": time.time_ns() // 1_000_000,
-        "impressions": [example_record(DEMO_DEVICE, int(time.time()))],
-    }
-    return (
-        f"\n  playproof demo: serving on {base} (database {DEFAULT_URL})\n"
-        f"  demo device {DEMO_DEVICE!r}, token:\n\n    {token}\n\n"
-        "  send one impression (paste into another terminal within 10 minutes):\n\n"
-        f"    curl -s {base}/v1/impressions/batch -H 'Authorization: Bearer {token}' \\\n"
-        f"      -H 'Content-Type: application/json' -d '{json.dumps(envelope)}'\n\n"
-        f"  device health:  .venv/bin/playproof devices show {DEMO_DEVICE}\n"
-        "  Ctrl-C stops the service.\n"
-    )
-
-
-def run(port: int = 8787) -> None:
-    """Provision the demo device and serve until Ctrl-C."""
-    token = asyncio.run(provision(DEFAULT_URL))
-    Path("playproof.demo-token").write_text(token + "\n")
-    serve(
-        Service(open_store(DEFAULT_URL)),
-        "127.0.0.1",
-        port,
-        "warning",
-        ready=lambda base: print(banner(base, token), file=sys.stderr, flush=True),
-    )
+    return run_demo(port, devices=devices, duration=duration, speed=speed, seed=seed)

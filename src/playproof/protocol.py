@@ -27,10 +27,15 @@ MAX_INT: Final = 2**53 - 1
 ID_PATTERN: Final = r"^[A-Za-z0-9._:-]{1,64}$"
 SHA256_PATTERN: Final = r"^[0-9a-f]{64}$"
 
-# Character classes are checked after decoding, by one regex over all of a
-# record's ids at once (see `_check_text`): a pattern per field costs msgspec
-# several microseconds a record. The patterns stay in the JSON schema.
-Id = Annotated[str, Meta(min_length=1, max_length=64, extra_json_schema={"pattern": ID_PATTERN})]
+# An id anywhere else (playlists, content, configuration): checked in full.
+Id = Annotated[str, Meta(pattern=ID_PATTERN)]
+# On the hot decode paths (records, envelopes, status) the character classes
+# are checked after decoding, by one regex over all of a record's ids at once
+# (`_text_ok`, `check_id`): a pattern per field costs msgspec several
+# microseconds a record. The patterns stay in the JSON schema.
+WireId = Annotated[
+    str, Meta(min_length=1, max_length=64, extra_json_schema={"pattern": ID_PATTERN})
+]
 Sha256Hex = Annotated[
     str, Meta(min_length=64, max_length=64, extra_json_schema={"pattern": SHA256_PATTERN})
 ]
@@ -74,37 +79,37 @@ class Record(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     its checksum UNSET yields its canonical bytes directly, with no sorting.
     """
 
-    ad_group_id: Id
-    campaign_id: Id
+    ad_group_id: WireId
+    campaign_id: WireId
     checksum: Sha256Hex | UnsetType = UNSET
     clock_offset_ms: SignedMillis
     clock_synced: bool
-    content_id: Id
-    device_id: Id
+    content_id: WireId
+    device_id: WireId
     duration_ms: Millis
     end_reason: EndReason
     end_ts: Millis
     expected_ms: Annotated[int, Meta(ge=1, le=MAX_INT)]
-    journal_id: Id
+    journal_id: WireId
     screenshot_at_ms: Millis | None
     screenshot_sha256: Sha256Hex | None
     seq: Seq
     start_ts: Millis
-    store_id: Id
-    supplier_id: Id
+    store_id: WireId
+    supplier_id: WireId
     v: Literal[1]
 
 
 class Envelope(msgspec.Struct, forbid_unknown_fields=True):
     """A batch as it arrived; records stay raw so that one bad record spoils only itself."""
 
-    device_id: Id
+    device_id: WireId
     sent_at: Millis
     impressions: list[msgspec.Raw]
 
 
 class _FastEnvelope(msgspec.Struct, forbid_unknown_fields=True):
-    device_id: Id
+    device_id: WireId
     sent_at: Millis
     impressions: list[Record]
 
@@ -179,8 +184,8 @@ class Status(msgspec.Struct, kw_only=True):
     """Device health: not billed, no checksum, unknown fields ignored (section 3)."""
 
     type: Literal["status"] = "status"
-    device_id: Id
-    journal_id: Id | None = None
+    device_id: WireId
+    journal_id: WireId | None = None
     sent_at: Millis
     queue_depth: Annotated[int, Meta(ge=0, le=MAX_INT)] | None = None
     oldest_queued_ts: Millis | None = None

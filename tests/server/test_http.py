@@ -375,6 +375,17 @@ def test_healthz_and_openapi_describe_every_http_route(server: ServerProcess) ->
         "/metrics",
         "/healthz",
         "/openapi.json",
+        # The operators' routes (tests/server/test_reports.py).
+        "/",
+        "/v1/operator",
+        "/v1/impressions",
+        "/v1/impressions/{device_id}/{journal_id}/{seq}/screenshot",
+        "/v1/reports/delivery",
+        "/v1/reports/rejects",
+        "/v1/rejects",
+        "/v1/devices",
+        "/v1/devices/{device_id}",
+        "/v1/live",
     }
     assert "checksum" in doc["components"]["schemas"]["Record"]["required"]
 

@@ -21,7 +21,7 @@ from playproof.errors import Conflict, NotFound
 from playproof.protocol import Status
 from playproof.rules import HOUR_MS, MINUTE_MS, Gap
 from playproof.stores import open_store
-from playproof.stores.base import BatchWrite, DeviceInfo, Store
+from playproof.stores.base import BatchWrite, DeviceInfo, OperatorInfo, Store
 from tests.stores.conftest import query
 from tests.stores.pipeline import DEVICE, Item, batch, commit, commit_one, tampered
 from tests.support import make_record, now_ms
@@ -492,3 +492,61 @@ def test_both_stores_answer_and_keep_any_input_alike(
     urls = [f"sqlite:///{tmp_path / 'parity.db'}", pg_url]
     on_sqlite, on_postgres = asyncio.run(both(urls, tmp_path / "blobs", device, groups))
     assert on_postgres == on_sqlite
+
+
+# --- operators ----------------------------------------------------------------------
+
+
+async def test_operators_are_registered_found_by_token_listed_and_revoked(store: Store) -> None:
+    bob = OperatorInfo("bob", 2_000, None)
+    alice = OperatorInfo("alice", 1_000, None)
+    await store.add_operator(bob, "op-hash-b")
+    await store.add_operator(alice, "op-hash-a")
+    assert await store.list_operators() == [alice, bob]
+    found = await store.operator_for_token("op-hash-a")
+    assert found is not None and (found.operator, found.token_hash) == (alice, "op-hash-a")
+    assert await store.operator_for_token("op-hash-none") is None
+    await store.revoke_operator("alice", 50)
+    await store.revoke_operator("alice", 60)
+    found = await store.operator_for_token("op-hash-a")
+    assert found is not None and found.operator.revoked_at == 50
+    with pytest.raises(NotFound, match="nobody"):
+        await store.revoke_operator("nobody", 70)
+
+
+async def test_an_operator_name_or_token_taken_is_a_conflict(store: Store) -> None:
+    await store.add_operator(OperatorInfo("alice", 1, None), "op-hash-a")
+    with pytest.raises(Conflict, match="alice"):
+        await store.add_operator(OperatorInfo("alice", 2, None), "op-hash-other")
+    with pytest.raises(Conflict):
+        await store.add_operator(OperatorInfo("bob", 2, None), "op-hash-a")
+    assert [o.name for o in await store.list_operators()] == ["alice"]
+
+
+async def test_operators_and_devices_are_separate_token_spaces(store: Store) -> None:
+    await store.add_device(DeviceInfo("scr-a", "store-1", 1, None), "same-hash")
+    await store.add_operator(OperatorInfo("alice", 1, None), "other-hash")
+    assert await store.operator_for_token("same-hash") is None
+    assert await store.device_for_token("other-hash") is None
+
+
+# --- reconciliation: what the service holds of some devices ---------------------
+
+
+async def test_held_records_are_every_impression_and_reject_of_the_devices_asked(
+    store: Store,
+) -> None:
+    mine = [make_record(seq=1), make_record(seq=2, end_reason="skipped", duration_ms=1_000)]
+    stale = make_record(seq=3, end_ts=now_ms() - 5 * HOUR_MS)
+    other = make_record(device_id="scr-2", seq=1)
+    await commit(store, batch([*mine, stale]), batch([other], device_id="scr-2"))
+    held = await store.held_records([DEVICE])
+    assert sorted(tuple(r) for r in held.impressions) == [
+        (DEVICE, "j-1", 1, mine[0].checksum, "valid", mine[0].start_ts, "cnt-1"),
+        (DEVICE, "j-1", 2, mine[1].checksum, "partial", mine[1].start_ts, "cnt-1"),
+    ]
+    assert [tuple(r) for r in held.rejects] == [(DEVICE, "j-1", 3, stale.checksum, "stale")]
+    both = await store.held_records([DEVICE, "scr-2"])
+    assert len(both.impressions) == 3
+    nobody = await store.held_records(["scr-none"])
+    assert (nobody.impressions, nobody.rejects) == ([], [])

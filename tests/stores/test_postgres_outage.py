@@ -100,13 +100,13 @@ class Tally:
 async def http_device(
     url: str, device_id: str, token: str, tally: Tally, stop: asyncio.Event
 ) -> None:
-    """Send batches of 50; a batch without an ack is sent again, as a device would."""
+    """Send batches of 50; a batch without an ack is sent again, unchanged, as a device would."""
     seq = 1
+    records = [make_record(device_id=device_id, seq=s) for s in range(seq, seq + 50)]
     async with httpx.AsyncClient(
         base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30
     ) as http:
         while not stop.is_set():
-            records = [make_record(device_id=device_id, seq=s) for s in range(seq, seq + 50)]
             try:
                 response = await http.post(
                     "/v1/impressions/batch", json=envelope(records, device_id)
@@ -121,6 +121,7 @@ async def http_device(
             assert response.status_code == 200, response.text
             tally.ack(device_id, response.json()["acks"])
             seq += 50
+            records = [make_record(device_id=device_id, seq=s) for s in range(seq, seq + 50)]
 
 
 async def stream_device(
@@ -129,9 +130,9 @@ async def stream_device(
     """Send frames of 5 over one WebSocket; an error answer means send the frame again."""
     ws_url = url.replace("http://", "ws://") + "/v1/stream"
     seq = 1
+    records = [make_record(device_id=device_id, seq=s) for s in range(seq, seq + 5)]
     async with connect(ws_url, additional_headers={"Authorization": f"Bearer {token}"}) as ws:
         while not stop.is_set():
-            records = [make_record(device_id=device_id, seq=s) for s in range(seq, seq + 5)]
             await ws.send(json.dumps({"id": seq, **envelope(records, device_id)}))
             answer = json.loads(await ws.recv())
             assert answer["id"] == seq
@@ -141,6 +142,7 @@ async def stream_device(
                 continue
             tally.ack(device_id, answer["acks"])
             seq += 5
+            records = [make_record(device_id=device_id, seq=s) for s in range(seq, seq + 5)]
 
 
 async def healthz(url: str) -> int:

@@ -22,6 +22,18 @@ T = TypeVar("T")
 
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
+_inline = False
+
+
+def run_inline(enabled: bool = True) -> None:
+    """Simulations only: run blocking work on the calling thread, with no hop to the pool.
+
+    A fleet simulator with non-durable journals (`synchronous="off"`: no fsync)
+    saves the thread hops that otherwise dominate its CPU. A real device never
+    should: every commit would block its event loop (docs/fleet.md).
+    """
+    global _inline
+    _inline = enabled
 
 
 def pool_size() -> int:
@@ -39,7 +51,10 @@ def _executor() -> ThreadPoolExecutor:
 
 async def run_blocking(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     """Run `fn` on the shared pool and await its result without blocking the loop."""
-    loop = asyncio.get_running_loop()
+    if _inline:
+        return fn(*args, **kwargs)
     ctx = contextvars.copy_context()
-    call = functools.partial(ctx.run, fn, *args, **kwargs)
-    return await loop.run_in_executor(_executor(), call)
+    # Submitted directly rather than through loop.run_in_executor, which inspects
+    # the callable each time (tens of µs: a fleet simulator makes thousands a second).
+    call: Callable[[], T] = functools.partial(ctx.run, fn, *args, **kwargs)
+    return await asyncio.wrap_future(_executor().submit(call))

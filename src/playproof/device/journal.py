@@ -6,6 +6,8 @@ allocated and persisted in the same transaction), checkpointed while it plays,
 and sealed when it ends. A record leaves only when the service's ack is final
 (accepted, duplicate or rejected), or when capacity forces an eviction: oldest
 first, counted, and kept as ranges until a status message has reported them.
+The ledger (`ledger.py`) notes, in the same transactions, what became of each
+sealed record, for reconciliation.
 
 The public API is asyncio; the SQLite work runs on the shared pool
 (`blocking.run_blocking`), one call at a time per journal.
@@ -13,6 +15,7 @@ The public API is asyncio; the SQLite work runs on the shared pool
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -25,6 +28,7 @@ from typing import Final, NamedTuple, TypeVar
 
 import msgspec
 
+from playproof.device import ledger as ledgers
 from playproof.device.blocking import run_blocking
 from playproof.errors import JournalError
 from playproof.protocol import Record, record_json, seal
@@ -34,11 +38,25 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 JOURNAL_FILE: Final = "journal.db"
-SCHEMA_VERSION: Final = "1"
+SCHEMA_VERSION: Final = "2"
 # 8 hours of plays at one every 5 seconds.
 DEFAULT_CAPACITY: Final = 5760
 # Under a full disk, make room by evicting this many of the oldest records at once.
 DISK_FULL_EVICTION: Final = 64
+# A small page cache: a journal's working set is its newest pages, and a fleet
+# simulator holds thousands of journals in one process.
+CACHE_KIB: Final = 512
+# Prune the ledger's settled prefix once every this many removals.
+PRUNE_EVERY: Final = 500
+# `full` always; `off` only for simulations (see Journal.open).
+SYNC_MODES: Final = ("full", "normal", "off")
+WAL_PAGES: Final = 64
+RESERVE_FILE: Final = "journal.reserve"
+RESERVE_BYTES: Final = 512 * 1024
+# Free space below which the journal evicts oldest first before writing: twice
+# the WAL's size (a checkpoint may have to grow the main file by as much) and
+# some room for the eviction's own pages.
+HEADROOM_BYTES: Final = 2 * WAL_PAGES * 4096 + 256 * 1024
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -85,11 +103,19 @@ class JournalStats(NamedTuple):
 class Journal:
     """One device's durable journal; open it with `Journal.open`."""
 
-    def __init__(self, conn: sqlite3.Connection, path: Path, capacity: int) -> None:
+    def __init__(
+        self, conn: sqlite3.Connection, path: Path, capacity: int, retention_ms: int
+    ) -> None:
         self._conn = conn
         self._lock = threading.Lock()
         self.path = path
         self.capacity = capacity
+        self.retention_ms = retention_ms
+        self._removals = 0
+        # What the last `pending` read found: it stopped at a record ending after
+        # `until_ts` (held back), or it took every sealed record there was (caught up).
+        self.held_back = False
+        self.caught_up = False
         self.journal_id = self._meta("journal_id")
         self.device_id = self._meta("device_id")
         self._last_seq = int(self._meta("last_seq"))
@@ -106,30 +132,49 @@ class Journal:
         device_id: str,
         capacity: int = DEFAULT_CAPACITY,
         max_bytes: int | None = None,
+        retention_ms: int = ledgers.DEFAULT_RETENTION_MS,
+        *,
+        synchronous: str = "full",
     ) -> Journal:
-        """Open (or create) the journal in `data_dir` and close plays a crash left open."""
-        return await run_blocking(cls._open_sync, data_dir, device_id, capacity, max_bytes)
+        """Open (or create) the journal in `data_dir` and close plays a crash left open.
+
+        `synchronous="off"` is for simulations only (docs/fleet.md): commits are
+        then not on disk when they return, only in the operating system's hands.
+        """
+        if synchronous not in SYNC_MODES:
+            raise JournalError(f"expected synchronous among {SYNC_MODES}, got {synchronous!r}")
+        args = (data_dir, device_id, capacity, max_bytes, retention_ms, synchronous)
+        return await run_blocking(cls._open_sync, *args)
 
     @classmethod
     def _open_sync(
-        cls, data_dir: Path, device_id: str, capacity: int, max_bytes: int | None
+        cls,
+        data_dir: Path,
+        device_id: str,
+        capacity: int,
+        max_bytes: int | None,
+        retention_ms: int,
+        synchronous: str,
     ) -> Journal:
         if capacity < 1:
             raise JournalError(f"journal capacity must be at least 1 record, got {capacity}")
         path = prepare_folder(data_dir) / JOURNAL_FILE
         reset_reason = None
         try:
-            conn = _connect(path, device_id)
+            conn = _connect(path, device_id, synchronous)
         except sqlite3.DatabaseError as exc:
             if not _is_corrupt(exc):
                 raise JournalError(_open_failure(path, exc)) from None
             reset_reason = _move_aside(path, exc)
-            conn = _connect(path, device_id)
-        journal = cls(conn, path, capacity)
+            conn = _connect(path, device_id, synchronous)
+        journal = cls(conn, path, capacity, retention_ms)
+        hold_reserve(data_dir)
         journal.reset_reason = reset_reason
         journal._check_owner(device_id)
         journal._limit_size(max_bytes)
+        journal._write(ledgers.ensure)
         journal.recovered = journal._recover()
+        journal._write(lambda c: ledgers.prune(c, retention_ms))
         return journal
 
     def _check_owner(self, device_id: str) -> None:
@@ -200,32 +245,56 @@ class Journal:
     def _update(self, record: Record, state: str) -> None:
         body = record_json(record)
         sql = "UPDATE plays SET state = ?, end_ts = ?, body = ? WHERE seq = ? AND state = 'open'"
-        changed = self._write(lambda c: c.execute(sql, (state, record.end_ts, body, record.seq)))
-        if changed.rowcount != 1:
-            raise JournalError(f"expected an open play with seq {record.seq}, found none")
 
-    async def remove(self, seqs: Sequence[int]) -> int:
-        """Delete records whose ack is final; return how many were still here."""
+        def txn(conn: sqlite3.Connection) -> None:
+            if conn.execute(sql, (state, record.end_ts, body, record.seq)).rowcount != 1:
+                raise JournalError(f"expected an open play with seq {record.seq}, found none")
+            if state == "ready":
+                ledgers.sealed(conn, [record])
+
+        self._write(txn)
+
+    async def remove(self, seqs: Sequence[int], outcomes: Sequence[str] | None = None) -> int:
+        """Delete records whose ack is final, their outcomes to the ledger; how many were here."""
         if not seqs:
             return 0
-        return await run_blocking(self._locked, self._remove, seqs)
+        named = list(outcomes) if outcomes is not None else ["final"] * len(seqs)
+        return await run_blocking(self._locked, self._remove, list(zip(seqs, named, strict=True)))
 
-    def _remove(self, seqs: Sequence[int]) -> int:
-        before = self._conn.total_changes
-        self._write(
-            lambda c: c.executemany(
-                "DELETE FROM plays WHERE seq = ? AND state = 'ready'", [(s,) for s in seqs]
-            )
-        )
-        removed = self._conn.total_changes - before
+    def _remove(self, outcomes: list[tuple[int, str]]) -> int:
+        self._removals += 1
+        prune = self._removals % PRUNE_EVERY == 0
+
+        def txn(conn: sqlite3.Connection) -> int:
+            sql = "DELETE FROM plays WHERE seq = ? AND state = 'ready'"
+            removed = conn.executemany(sql, [(seq,) for seq, _ in outcomes]).rowcount
+            ledgers.settled(conn, outcomes)
+            if prune:
+                ledgers.prune(conn, self.retention_ms)
+            return removed
+
+        removed = self._write(txn)
         self._rows -= removed
+        if removed:
+            hold_reserve(self.path.parent)
         return removed
 
     # --- eviction -----------------------------------------------------------
 
     def _evict_for(self, conn: sqlite3.Connection, incoming: int) -> int:
         excess = self._rows + incoming - self.capacity
+        if excess <= 0 and _disk_low(self.path.parent):
+            # Evict while there is still room for checkpoints to land: at zero
+            # bytes free even the eviction itself could not be written.
+            return self._shed(conn)
         return self._evict(conn, excess) if excess > 0 else 0
+
+    def _shed(self, conn: sqlite3.Connection) -> int:
+        """Make room on a full disk: the ledger's settled history, then the oldest records."""
+        # Settled history is worth less than any queued record; a full disk
+        # overrides its retention (the floor says how far it went).
+        ledgers.prune(conn, 0)
+        return self._evict(conn, DISK_FULL_EVICTION)
 
     def _evict(self, conn: sqlite3.Connection, count: int) -> int:
         """Drop the `count` oldest sealed records, note their ranges for reporting: how many."""
@@ -238,6 +307,7 @@ class Journal:
             )
         ]
         seqs.sort()
+        ledgers.evicted(conn, seqs)
         first_of_run = conn.execute("SELECT 1 FROM evictions LIMIT 1").fetchone() is None
         for first, last in _runs(seqs):
             _add_eviction(conn, first, last)
@@ -305,11 +375,15 @@ class Journal:
         )
         out: list[Pending] = []
         size = 0
+        self.held_back = False
         for seq, end, body in rows:
             size += len(body) + 1
             if (out and size > max_bytes) or (until_ts is not None and end > until_ts):
-                break
+                self.held_back = until_ts is not None and end > until_ts
+                self.caught_up = False
+                return out
             out.append(Pending(seq, bytes(body)))
+        self.caught_up = len(out) < limit
         return out
 
     async def stats(self) -> JournalStats:
@@ -338,6 +412,15 @@ class Journal:
         """The highest sequence ever allocated by this journal."""
         return self._last_seq
 
+    async def ledger(self) -> ledgers.LedgerView:
+        """What this journal recorded and what became of each record (see ledger.py)."""
+        return await run_blocking(self._locked, ledgers.view, self._conn)
+
+    @property
+    def size(self) -> int:
+        """Plays held now, open and sealed, known without reading the file."""
+        return self._rows
+
     async def aclose(self) -> None:
         """Close the database file; the journal cannot be used afterwards."""
         await run_blocking(self._locked, self._conn.close)
@@ -365,10 +448,19 @@ class Journal:
                 raise JournalError(f"journal {self.path}: {exc}") from None
         log.error("journal %s: disk full; evicting the oldest records to make room", self.path)
         try:
-            self._rows -= _transaction(self._conn, lambda c: self._evict(c, DISK_FULL_EVICTION))
+            self._make_room()
             return _transaction(self._conn, txn)
         except sqlite3.Error as exc:
             raise JournalError(f"journal {self.path}: disk full, cannot write: {exc}") from None
+
+    def _make_room(self) -> None:
+        # Move the WAL into the main file and restart it at its beginning, give
+        # back the reserve if it is still held, then evict: the eviction then
+        # writes into space the journal owns, and frees pages for new records.
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.execute("PRAGMA wal_checkpoint(RESTART)")
+        release_reserve(self.path.parent)
+        self._rows -= _transaction(self._conn, self._shed)
 
 
 # --- module helpers ---------------------------------------------------------
@@ -387,11 +479,46 @@ def prepare_folder(data_dir: Path) -> Path:
     return data_dir
 
 
-def _connect(path: Path, device_id: str) -> sqlite3.Connection:
+def _disk_low(data_dir: Path) -> bool:
+    """Whether the filesystem under the journal has less free space than the headroom."""
+    try:
+        st = os.statvfs(data_dir)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < HEADROOM_BYTES
+
+
+def hold_reserve(data_dir: Path) -> None:
+    """Keep a reserve file of RESERVE_BYTES beside the journal, when there is room for it.
+
+    Freed when the disk fills, it gives the first eviction room to run; it is
+    taken back once deliveries have freed space again.
+    """
+    reserve = data_dir / RESERVE_FILE
+    if reserve.exists():
+        return
+    try:
+        fd = os.open(reserve, os.O_CREAT | os.O_WRONLY, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, RESERVE_BYTES)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        reserve.unlink(missing_ok=True)
+
+
+def release_reserve(data_dir: Path) -> None:
+    """Give the reserve's space back to the filesystem."""
+    with contextlib.suppress(OSError):
+        (data_dir / RESERVE_FILE).unlink()
+
+
+def _connect(path: Path, device_id: str, synchronous: str = "full") -> sqlite3.Connection:
     """Open the SQLite file, creating the journal in one transaction when it is new."""
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
-        _configure(conn)
+        _configure(conn, synchronous)
         if not _has_meta(conn):
             _create(conn, device_id)
     except sqlite3.DatabaseError:
@@ -406,7 +533,7 @@ def _open_failure(path: Path, exc: sqlite3.DatabaseError) -> str:
     return f"cannot open journal {path}: {exc}"
 
 
-def _configure(conn: sqlite3.Connection) -> None:
+def _configure(conn: sqlite3.Connection, synchronous: str = "full") -> None:
     # Exclusive locking: one process per journal, and the WAL index lives in memory
     # (no -shm file), which saves a file descriptor per device.
     conn.execute("PRAGMA busy_timeout = 1000")
@@ -414,7 +541,12 @@ def _configure(conn: sqlite3.Connection) -> None:
     mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
     if mode != "wal":
         raise sqlite3.DatabaseError(f"expected WAL journal mode, got {mode}")
-    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+    conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+    # A small WAL, checkpointed often, keeps the data in the main file and the
+    # WAL's own space reused rather than grown: on a full disk the evictions
+    # that make room must fit in space the journal already holds.
+    conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_PAGES}")
     check = conn.execute("PRAGMA quick_check").fetchone()[0]
     if check != "ok":
         raise sqlite3.DatabaseError(f"integrity check failed: {check}")
@@ -438,10 +570,11 @@ def _create(conn: sqlite3.Connection, device_id: str) -> None:
         "created_at": str(time.time_ns() // 1_000_000),
         "last_seq": "0",
         "evicted_total": "0",
+        "ledger_floor": "0",
     }
 
     def txn(c: sqlite3.Connection) -> None:
-        for statement in _SCHEMA.strip().split(";\n"):
+        for statement in [*_SCHEMA.strip().split(";\n"), ledgers.SCHEMA]:
             c.execute(statement)
         c.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", meta.items())
 
@@ -497,6 +630,7 @@ def _seal_rows(conn: sqlite3.Connection, records: list[Record]) -> None:
         "UPDATE plays SET state = 'ready', end_ts = ?, body = ? WHERE seq = ?",
         [(r.end_ts, record_json(r), r.seq) for r in records],
     )
+    ledgers.sealed(conn, records)
 
 
 def _add_eviction(conn: sqlite3.Connection, first: int, last: int) -> None:

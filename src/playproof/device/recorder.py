@@ -144,6 +144,14 @@ class Recorder:
         """End every open play as `interrupted` (shutdown)."""
         return [await p.end("interrupted") for p in sorted(self._open, key=lambda p: p.seq)]
 
+    def abandon(self) -> None:
+        """Forget open plays without ending them, as a crash would (simulation)."""
+        for play in self._open:
+            for task in play._tasks:
+                task.cancel()
+        self._open.clear()
+        self._unsaved.clear()
+
     @property
     def open_plays(self) -> int:
         """How many plays have started and not ended."""

@@ -24,6 +24,7 @@ from typing import Any, Final
 
 from playproof.device.clock import Clock, parse_server
 from playproof.device.journal import DEFAULT_CAPACITY, Journal
+from playproof.device.ledger import DEFAULT_RETENTION_MS
 from playproof.device.recorder import DEFAULT_CHECKPOINT_S, Content, Loop, Play, Recorder
 from playproof.device.screenshot import (
     DEFAULT_MAX_BYTES,
@@ -66,6 +67,9 @@ class DeviceConfig:
     checkpoint_s: float = DEFAULT_CHECKPOINT_S
     screenshot_max_bytes: int = DEFAULT_MAX_BYTES
     policy: Policy = DEFAULT_POLICY
+    ledger_retention_ms: int = DEFAULT_RETENTION_MS
+    # Simulations only ("off": commits not on disk when they return; see docs/fleet.md).
+    journal_synchronous: str = "full"
 
 
 class Device:
@@ -99,7 +103,12 @@ class Device:
         """Open the journal (closing plays a crash left open), sync once, start delivery."""
         rng = rng or random.Random()
         journal = await Journal.open(
-            config.data_dir, config.device_id, config.capacity, config.journal_max_bytes
+            config.data_dir,
+            config.device_id,
+            config.capacity,
+            config.journal_max_bytes,
+            config.ledger_retention_ms,
+            synchronous=config.journal_synchronous,
         )
         try:
             return await cls._assemble(config, journal, capture, clock, rng)
@@ -193,6 +202,24 @@ class Device:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.journal.aclose()
         return flushed
+
+    async def abandon(self) -> None:
+        """Simulation only: stop as a crash would (nothing ended, nothing flushed).
+
+        Connections are dropped, tasks cancelled and the journal file closed with
+        its plays still open: the next `Device.open` on the same data folder closes
+        them as `device_restart` and resumes the sequence.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if self.uplink is not None:
+            self.uplink.set_offline(True)
+        self.recorder.abandon()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.journal.aclose()
 
     async def __aenter__(self) -> Device:
         """The device itself."""

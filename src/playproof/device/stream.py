@@ -42,6 +42,10 @@ CLOSE_TRY_AGAIN: Final = 1013
 # With nothing to send, look at the journal again this often (records held back
 # because they end in the future of the corrected clock become sendable by time).
 IDLE_POLL_S: Final = 5.0
+# When none was held back, only a new record (which notifies) can be sent: look
+# again this rarely, as a safety net. Thousands of devices in one simulator
+# otherwise spend most of their idle time reading empty journals.
+IDLE_SAFETY_S: Final = 60.0
 
 
 class Frame(NamedTuple):
@@ -63,6 +67,7 @@ class StreamSession:
         self._cursor = 0
         self._next_id = 1
         self._probed = asyncio.Event()
+        self._caught_up = False
 
     async def run(self) -> None:
         """Run until the connection fails; always ends by raising a transport error."""
@@ -85,6 +90,10 @@ class StreamSession:
             await self._ws.send(body, text=True)
         except (ConnectionClosed, OSError) as exc:
             raise translate(exc) from exc
+
+    def abort(self) -> None:
+        """Drop the connection at once, as a dead network would (simulation)."""
+        self._ws.transport.abort()
 
     @property
     def established(self) -> bool:
@@ -109,15 +118,23 @@ class StreamSession:
             await self._send_frame(rows)
 
     async def _next_rows(self) -> list[Pending]:
-        config = self._up.config
+        config, journal = self._up.config, self._up.journal
+        if self._caught_up:
+            # The last read took every sealed record: only a new one (a notify) adds more.
+            self._caught_up = False
+            await wait_event(self._up.ready, self._idle_s())
         while True:
             self._up.ready.clear()
-            rows = await self._up.journal.pending(
+            rows = await journal.pending(
                 self._cursor, config.batch_records, config.batch_bytes, self._up.until_ts()
             )
             if rows:
+                self._caught_up = journal.caught_up
                 return rows
-            await wait_event(self._up.ready, IDLE_POLL_S)
+            await wait_event(self._up.ready, self._idle_s())
+
+    def _idle_s(self) -> float:
+        return IDLE_POLL_S if self._up.journal.held_back else IDLE_SAFETY_S
 
     async def _send_frame(self, rows: list[Pending]) -> None:
         frame_id = self._next_id
@@ -162,6 +179,8 @@ class StreamSession:
         frame = self._frames.pop(reply.id, None) if reply.id is not None else None
         if frame is not None:
             self._slots.release()
+            if frame.seqs and self._up.on_round_trip is not None:
+                self._up.on_round_trip(time.monotonic() - frame.sent_real)
         if reply.error is not None:
             raise _refusal(reply.error)
         if frame is None or reply.received_at is None:

@@ -22,7 +22,7 @@ import logging
 import random
 import ssl
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import httpx
@@ -34,6 +34,7 @@ from playproof.device.backoff import Backoff, wait_event
 from playproof.device.blocking import run_blocking
 from playproof.device.clock import Clock
 from playproof.device.journal import EvictedRange, Journal, Pending
+from playproof.device.ledger import outcome_of
 from playproof.device.screenshot import ScreenshotStore
 from playproof.device.stream import IDLE_POLL_S, StreamSession
 from playproof.device.transport import (
@@ -101,6 +102,10 @@ class Uplink:
         self._http: httpx.AsyncClient | None = None
         self._http_records = config.batch_records
         self._tls: ssl.SSLContext | None = None
+        # Simulation only (the fleet simulator): the network is cut while set.
+        self.offline = False
+        # Called with each stream frame's round trip, in real seconds (benchmarks).
+        self.on_round_trip: Callable[[float], None] | None = None
 
     # --- signals from the recorder and the clock ---------------------------
 
@@ -119,6 +124,14 @@ class Uplink:
     def retry_now(self) -> None:
         """Cut the current backoff short (an operator, or shutdown, wants a try now)."""
         self._retry_now.set()
+
+    def set_offline(self, offline: bool) -> None:
+        """Simulation only: cut the network (open connections dropped) or give it back."""
+        self.offline = offline
+        if offline and self._session is not None:
+            self._session.abort()
+        elif not offline:
+            self.retry_now()
 
     def until_ts(self) -> int:
         """Records ending after this corrected time wait: sent now, they would be 'future'."""
@@ -186,6 +199,8 @@ class Uplink:
         return 0.0
 
     async def _try_transports(self) -> None:
+        if self.offline:
+            raise TransportDown("network cut (simulated offline)")
         if STREAM not in self.config.transports:
             await self._http_round()
             return
@@ -233,17 +248,18 @@ class Uplink:
         if skew_ms is not None:
             self._skew = (skew_ms, self.clock.offset_ms)
         self.clock.observe_service_time(received_at, sent_mono, self.clock.monotonic())
-        final = self._tally(acks)
+        final, outcomes = self._tally(acks)
         missing = set(seqs) - set(final)
         if missing:
             log.warning("no ack for %d record(s) sent; they will be sent again", len(missing))
-        await self.journal.remove(final)
+        await self.journal.remove(final, outcomes)
         self._acked.set()
         self._backoff.reset()
         self._set_state(via)
 
-    def _tally(self, acks: Sequence[AckView]) -> list[int]:
+    def _tally(self, acks: Sequence[AckView]) -> tuple[list[int], list[str]]:
         final: list[int] = []
+        outcomes: list[str] = []
         rejected: defaultdict[str, list[int]] = defaultdict(list)
         for ack in acks:
             self.results[ack.result] += 1
@@ -252,12 +268,13 @@ class Uplink:
                 # kept and sent again, never deleted on a guess.
                 continue
             final.append(ack.seq)
+            outcomes.append(outcome_of(ack.result, ack.status, ack.reason))
             if ack.result == "rejected":
                 rejected[str(ack.reason)].append(ack.seq)
         for reason, seqs in rejected.items():
             self.rejected[reason] += len(seqs)
             log.warning("service rejected %d record(s) as %s: seq %s", len(seqs), reason, seqs[:20])
-        return final
+        return final, outcomes
 
     # --- stream -------------------------------------------------------------
 
@@ -343,6 +360,8 @@ class Uplink:
         self, method: str, path: str, body: bytes, headers: dict[str, str]
     ) -> httpx.Response:
         assert self._http is not None, "the uplink is not running"
+        if self.offline:
+            raise TransportDown(f"http: {path}: network cut (simulated offline)")
         try:
             return await self._http.request(method, path, content=body, headers=headers)
         except httpx.HTTPError as exc:

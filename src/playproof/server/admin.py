@@ -8,8 +8,8 @@ from typing import Any
 
 import msgspec
 
-from playproof.errors import NotFound
-from playproof.protocol import Id
+from playproof.errors import EnvelopeError, NotFound
+from playproof.protocol import check_id as protocol_check_id
 from playproof.rules import DEFAULT_POLICY, Policy
 from playproof.server.auth import hash_token, new_token
 from playproof.server.ingest import wall_clock_ms
@@ -32,8 +32,8 @@ async def opened(url: str) -> AsyncIterator[Store]:
 def check_id(value: str, what: str) -> str:
     """`value` if it is a protocol id, else a ValueError saying what an id is."""
     try:
-        return msgspec.convert(value, Id)
-    except msgspec.ValidationError:
+        return protocol_check_id(value, what)
+    except EnvelopeError:
         raise ValueError(
             f"expected {what} of 1 to 64 characters of A-Z a-z 0-9 . _ : -, got {value!r}"
         ) from None

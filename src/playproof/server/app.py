@@ -7,18 +7,20 @@ import contextlib
 import logging
 import re
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.responses import FileResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
 from playproof import errors
 from playproof.protocol import MAX_BATCH_BYTES, encode
-from playproof.server import openapi
+from playproof.server import formats, openapi, reports
 from playproof.server.bodies import read_body, require_content_type
 from playproof.server.service import Service
 from playproof.server.stream import serve_stream
@@ -98,13 +100,21 @@ async def put_screenshot(request: Request) -> Response:
 
 
 async def healthz(request: Request) -> Response:
-    """GET /healthz: 200 when the store answers, 503 otherwise."""
+    """GET /healthz: 200 when the store (and the pipeline, if any) answer, 503 otherwise."""
     service = _service(request)
+    # A simulated clock is shown loudly (it is absent on the real clock).
+    clock = (
+        {}
+        if service.clock_info is None
+        else {"clock": {**service.clock_info, "now_ms": service.clock()}}
+    )
     try:
-        await service.store.ping()
+        await service.ping()  # the store, and the pipeline when there is one
     except errors.StoreError as exc:
-        return json_response({"status": "unavailable", "error": str(exc)}, 503)
-    return json_response({"status": "ok", "store": service.store.url.split(":", 1)[0]})
+        return json_response({"status": "unavailable", "error": str(exc), **clock}, 503)
+    pipeline = {} if service.pipeline is None else {"pipeline": service.pipeline.kind}
+    store = service.store.url.split(":", 1)[0]
+    return json_response({"status": "ok", "store": store, **pipeline, **clock})
 
 
 async def openapi_json(request: Request) -> Response:
@@ -119,6 +129,113 @@ async def metrics(request: Request) -> Response:
     with contextlib.suppress(errors.StoreError):
         service.metrics.open_gaps.set(await service.store.gap_count())
     return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+# --- operators' routes (operator token; parsing and formats in reports, params, formats)
+
+STATIC = Path(__file__).with_name("static")
+
+
+async def _operator(request: Request) -> Service:
+    """The service, once the caller is known to be an operator."""
+    service = _service(request)
+    await service.operator_auth.operator(request.headers.get("authorization"))
+    return service
+
+
+def _kind(request: Request) -> str:
+    return formats.negotiate(request.headers.get("accept"), request.query_params.get("format"))
+
+
+def table_response(table: reports.Table, kind: str, key: str = "rows") -> Response:
+    """A table as JSON (rows as objects, with its meta), CSV or NDJSON."""
+    if kind == "csv":
+        return Response(formats.csv_text(table.columns, table.rows), media_type=formats.CSV)
+    if kind == "ndjson":
+        return Response(formats.ndjson_bytes(table.columns, table.rows), media_type=formats.NDJSON)
+    return json_response({**table.meta, key: table.records()})
+
+
+async def get_impressions(request: Request) -> Response:
+    """GET /v1/impressions: a page as JSON, or a streamed CSV / NDJSON export."""
+    service = await _operator(request)
+    kind = _kind(request)
+    if kind == "json":
+        return json_response(await reports.impressions_page(service.store, request.query_params))
+    body = reports.export_body(service.store, request.query_params, kind)
+    first = await anext(body)  # errors before the first byte still get their status
+    return StreamingResponse(
+        formats.prepend(first, body),
+        media_type=formats.FORMATS[kind],
+        headers={"Content-Disposition": f'attachment; filename="impressions.{kind}"'},
+    )
+
+
+async def get_screenshot(request: Request) -> Response:
+    """GET /v1/impressions/{device_id}/{journal_id}/{seq}/screenshot."""
+    service = await _operator(request)
+    p = request.path_params
+    data, media = await reports.screenshot(service.store, p["device_id"], p["journal_id"], p["seq"])
+    return Response(data, media_type=media, headers={"Cache-Control": "private, max-age=86400"})
+
+
+async def get_delivery(request: Request) -> Response:
+    """GET /v1/reports/delivery."""
+    service = await _operator(request)
+    table = await reports.delivery(service.store, request.query_params)
+    return table_response(table, _kind(request))
+
+
+async def get_reject_counts(request: Request) -> Response:
+    """GET /v1/reports/rejects."""
+    service = await _operator(request)
+    table = await reports.reject_counts(service.store, request.query_params, service.clock())
+    return table_response(table, _kind(request))
+
+
+async def get_rejects(request: Request) -> Response:
+    """GET /v1/rejects."""
+    service = await _operator(request)
+    return json_response(await reports.rejects_page(service.store, request.query_params))
+
+
+async def get_devices(request: Request) -> Response:
+    """GET /v1/devices: every device's health summary."""
+    service = await _operator(request)
+    views = await reports.devices(
+        service.store, request.query_params, service.clock(), service.policy
+    )
+    kind = _kind(request)
+    if kind == "json":
+        return json_response({"devices": views})
+    return table_response(reports.device_table(views), kind)
+
+
+async def get_device(request: Request) -> Response:
+    """GET /v1/devices/{device_id}: one device's health in full."""
+    service = await _operator(request)
+    device_id = request.path_params["device_id"]
+    return json_response(
+        await reports.device(service.store, device_id, service.clock(), service.policy)
+    )
+
+
+async def get_live(request: Request) -> Response:
+    """GET /v1/live: records answered per interval lately, connected screens, queued records."""
+    service = await _operator(request)
+    return json_response(reports.live(service.metrics, request.query_params, service.clock()))
+
+
+async def get_operator(request: Request) -> Response:
+    """GET /v1/operator: who the token belongs to (the dashboard's login check)."""
+    service = _service(request)
+    found = await service.operator_auth.operator(request.headers.get("authorization"))
+    return json_response({"name": found.name})
+
+
+async def dashboard(request: Request) -> Response:
+    """GET /: the operators' dashboard (it asks for the token itself)."""
+    return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
 
 async def stream(ws: WebSocket) -> None:
@@ -181,6 +298,21 @@ def create_app(service: Service) -> Starlette:
             Route("/openapi.json", openapi_json, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
             WebSocketRoute("/v1/stream", stream),
+            Route("/", dashboard, methods=["GET"]),
+            Route("/v1/operator", get_operator, methods=["GET"]),
+            Route("/v1/impressions", get_impressions, methods=["GET"]),
+            Route(
+                "/v1/impressions/{device_id}/{journal_id}/{seq}/screenshot",
+                get_screenshot,
+                methods=["GET"],
+            ),
+            Route("/v1/reports/delivery", get_delivery, methods=["GET"]),
+            Route("/v1/reports/rejects", get_reject_counts, methods=["GET"]),
+            Route("/v1/rejects", get_rejects, methods=["GET"]),
+            Route("/v1/devices", get_devices, methods=["GET"]),
+            Route("/v1/devices/{device_id}", get_device, methods=["GET"]),
+            Route("/v1/live", get_live, methods=["GET"]),
+            Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ],
         exception_handlers={
             errors.PlayproofError: on_playproof_error,

@@ -18,6 +18,7 @@ from playproof.rules import DEFAULT_POLICY, Context, Judge, Policy, reject
 from playproof.server.committer import GroupCommitter
 from playproof.server.metrics import Metrics
 from playproof.stores.base import BatchWrite, DeviceInfo, Judged, Store
+from playproof.stores.draft import with_draft
 
 Clock = Callable[[], int]
 
@@ -70,7 +71,8 @@ class Ingestor:
         """Judge and commit a decoded batch; the acks come back once it is durable."""
         started = time.perf_counter()
         write = self.judge(batch, device, received_at)
-        acks = await self.committer.commit(write) if write.judged else []
+        # Planned here, on the event loop, so the store's single writer need not.
+        acks = await self.committer.commit(with_draft(write)) if write.judged else []
         self.metrics.answered(acks, transport, time.perf_counter() - started)
         return AckMessage(received_at, write.skew_ms, acks)
 

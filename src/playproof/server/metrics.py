@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from playproof.protocol import Ack, Status
+from playproof.server.live import Live
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000, 20_000)
@@ -36,6 +37,12 @@ class Metrics:
             "playproof_commit_seconds",
             "One group commit, in the store",
             buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.commit_records = Histogram(
+            "playproof_commit_records",
+            "Records per group commit",
+            buckets=SIZE_BUCKETS,
             registry=reg,
         )
         self.commit_batches = Histogram(
@@ -79,18 +86,26 @@ class Metrics:
         )
         self._queues: dict[str, int] = {}
         self._queued = 0
+        self._records: dict[tuple[str, str], Counter] = {}
+        self.live = Live()
 
     def answered(self, acks: Sequence[Ack], transport: str, seconds: float) -> None:
         """Count one batch's acks and its latency."""
-        tally = Tally((a.result, a.reason if isinstance(a.reason, str) else "") for a in acks)
-        for (result, reason), n in tally.items():
-            self.records.labels(result, reason).inc(n)
+        # UNSET is falsy: an ack without a reason counts under "".
+        tally = Tally([(a.result, a.reason or "") for a in acks])
+        for key, n in tally.items():
+            child = self._records.get(key)
+            if child is None:
+                child = self._records[key] = self.records.labels(*key)
+            child.inc(n)
+        self.live.add(tally.items())
         self.batch_records.labels(transport).observe(len(acks))
         self.ack_latency.labels(transport).observe(seconds)
 
     def committed(self, batches: int, records: int, seconds: float) -> None:
         """Observe one group commit (the committer calls this)."""
         self.commit_batches.observe(batches)
+        self.commit_records.observe(records)
         self.commit_latency.observe(seconds)
 
     def status(self, status: Status) -> None:

@@ -9,6 +9,7 @@ import msgspec
 
 from playproof import protocol
 from playproof.protocol import Ack, AckMessage, Id, Millis, Record, Status
+from playproof.server import openapi_operators
 
 
 class BatchEnvelope(msgspec.Struct, forbid_unknown_fields=True):
@@ -31,6 +32,8 @@ class Health(msgspec.Struct):
     status: str
     store: str | None = None
     error: str | None = None
+    # Only on a simulated clock: mode, speed, anchor_ms, epoch_ms, now_ms.
+    clock: dict[str, Any] | None = None
 
 
 class StoredBlob(msgspec.Struct):
@@ -182,10 +185,13 @@ def document() -> bytes:
             "description": "Proof-of-play impression ingest; see PROTOCOL.md. The stream "
             "transport is the WebSocket GET /v1/stream, which OpenAPI does not describe.",
         },
-        "paths": _paths(),
+        "paths": {**_paths(), **openapi_operators.paths()},
         "components": {
-            "schemas": _schemas(),
-            "securitySchemes": {"device": {"type": "http", "scheme": "bearer"}},
+            "schemas": {**_schemas(), **openapi_operators.schemas()},
+            "securitySchemes": {
+                "device": {"type": "http", "scheme": "bearer"},
+                "operator": {"type": "http", "scheme": "bearer", "description": "ppo_ token"},
+            },
         },
     }
     return msgspec.json.encode(doc)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -39,6 +40,7 @@ class StreamSession:
         self._ingestor = service.ingestor
         self._rate = service.rate
         self._idle_s = service.limits.stream_idle_s
+        self._last_frame = time.monotonic()
         self._device = device
         self._send_lock = asyncio.Lock()
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
@@ -47,13 +49,11 @@ class StreamSession:
 
     async def run(self) -> None:
         """Read frames until the device goes away, then let in-flight frames finish."""
+        watchdog = asyncio.create_task(self._watch_idle())
         try:
             while True:
-                try:
-                    message = await asyncio.wait_for(self._ws.receive(), self._idle_s)
-                except TimeoutError:
-                    await self._close(CLOSE_GOING_AWAY, "idle: no frame for too long")
-                    break
+                message = await self._ws.receive()
+                self._last_frame = time.monotonic()
                 if message["type"] == "websocket.disconnect":
                     break
                 await self._slots.acquire()
@@ -63,11 +63,21 @@ class StreamSession:
         except WebSocketDisconnect:
             pass
         finally:
+            watchdog.cancel()
             self._open = False
             # Commits already queued still complete (the device will get
             # `duplicate` when it resends); only the acks have no one to go to.
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _watch_idle(self) -> None:
+        # One timer per connection rather than a timeout around every receive.
+        while True:
+            idle = time.monotonic() - self._last_frame
+            if idle >= self._idle_s:
+                await self._close(CLOSE_GOING_AWAY, "idle: no frame for too long")
+                return
+            await asyncio.sleep(self._idle_s - idle)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)

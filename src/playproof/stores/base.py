@@ -8,7 +8,7 @@ answers exactly alike; the stores only read and write.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
@@ -66,6 +66,21 @@ class Credential(NamedTuple):
     token_hash: str
 
 
+class OperatorInfo(NamedTuple):
+    """A registered operator: a person or system that reads reports."""
+
+    name: str
+    created_at: int
+    revoked_at: int | None
+
+
+class OperatorCredential(NamedTuple):
+    """An operator with the token hash stored for it."""
+
+    operator: OperatorInfo
+    token_hash: str
+
+
 class Judged(NamedTuple):
     """One item of a batch with the rules' verdict on it."""
 
@@ -80,6 +95,8 @@ class BatchWrite(NamedTuple):
     sent_at: int
     received_at: int
     judged: list[Judged]
+    # Its plan, drafted where it was judged (stores.draft); None to plan at commit.
+    draft: Any = None
 
     @property
     def skew_ms(self) -> int:
@@ -115,6 +132,17 @@ class RejectInfo(NamedTuple):
     times: int
 
 
+class HeldRecords(NamedTuple):
+    """What the service holds of some devices' records, read from one snapshot.
+
+    `impressions`: (device_id, journal_id, seq, checksum, status, start_ts, content_id);
+    `rejects`: (device_id, journal_id, seq, checksum, reason) of what they submitted.
+    """
+
+    impressions: list[tuple[Any, ...]]
+    rejects: list[tuple[Any, ...]]
+
+
 class StatusInfo(NamedTuple):
     """A device's latest status, with what the service has accumulated from all of them."""
 
@@ -142,6 +170,8 @@ class Store(Protocol):
     """What the ingest service needs of a store; SQLite and PostgreSQL implement it."""
 
     url: str
+    # `sqlite` or `postgres`: the SQL dialect of `read_rows` and `stream_rows`.
+    dialect: str
     blobs: BlobStore
     # How many group commits may run at once: 1 for SQLite's single writer.
     commit_lanes: int
@@ -197,6 +227,29 @@ class Store(Protocol):
         self, device_id: str | None = None, reason: str | None = None, limit: int = 100
     ) -> list[RejectInfo]:
         """Rejected records, newest first."""
+
+    async def held_records(self, device_ids: Sequence[str]) -> HeldRecords:
+        """Every impression of these devices and every reject they submitted (reconciliation)."""
+
+    async def add_operator(self, operator: OperatorInfo, token_hash: str) -> None:
+        """Register an operator; Conflict if the name (or token) is taken."""
+
+    async def operator_for_token(self, token_hash: str) -> OperatorCredential | None:
+        """The operator holding this token hash, revoked or not, with the stored hash."""
+
+    async def list_operators(self) -> list[OperatorInfo]:
+        """Every registered operator, by name."""
+
+    async def revoke_operator(self, name: str, now: int) -> None:
+        """Revoke an operator's token; NotFound if there is no such operator."""
+
+    async def read_rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows of one read-only query in the store's dialect (`stores/queries.py` builds them)."""
+
+    def stream_rows(
+        self, sql: str, params: Sequence[Any] = (), chunk: int = 5000
+    ) -> AsyncGenerator[list[tuple[Any, ...]], None]:
+        """Rows of one read-only query, from one snapshot, `chunk` at a time, never all at once."""
 
 
 @dataclass

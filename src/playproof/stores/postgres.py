@@ -18,7 +18,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -44,7 +44,10 @@ from playproof.stores.base import (
     BatchWrite,
     Credential,
     DeviceInfo,
+    HeldRecords,
     JournalInfo,
+    OperatorCredential,
+    OperatorInfo,
     RejectInfo,
     StatusInfo,
     status_info,
@@ -117,6 +120,7 @@ class PostgresStore:
     """The store interface on PostgreSQL, screenshots in a blob folder."""
 
     commit_lanes: int = COMMIT_LANES
+    dialect = "postgres"
 
     def __init__(self, url: str, blob_dir: Path | None = None, pool_max: int = POOL_MAX) -> None:
         try:
@@ -334,9 +338,64 @@ class PostgresStore:
         rows = await self._fetch("read rejects", q.SELECT_REJECTS, params)
         return [RejectInfo(*row) for row in rows]
 
+    async def held_records(self, device_ids: Sequence[str]) -> HeldRecords:
+        """Every impression of these devices and every reject they submitted, one snapshot."""
+        wanted = (list(device_ids),)
+        async with self._connection("read held records") as conn, conn.transaction():
+            await conn.execute(q.REPEATABLE_READ)
+            impressions = await (await conn.execute(q.HELD_IMPRESSIONS, wanted)).fetchall()
+            rejects = await (await conn.execute(q.HELD_REJECTS, wanted)).fetchall()
+        return HeldRecords(impressions, rejects)
+
     async def execute_read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a read-only query with `%s` placeholders (for reports and tests)."""
         return await self._fetch("run a query", sql.encode(), tuple(params))
+
+    # --- operators and reports -----------------------------------------------
+
+    async def add_operator(self, operator: OperatorInfo, token_hash: str) -> None:
+        """Register an operator; Conflict if its name (or token) is taken."""
+        params = (operator.name, token_hash, *operator[1:])
+        async with self._connection("register an operator") as conn:
+            try:
+                await conn.execute(q.INSERT_OPERATOR, params)
+            except psycopg.errors.UniqueViolation:
+                raise Conflict(f"operator {operator.name!r} is already registered") from None
+
+    async def operator_for_token(self, token_hash: str) -> OperatorCredential | None:
+        """The operator holding this token hash, with the stored hash."""
+        rows = await self._fetch("look up a token", q.SELECT_OPERATOR_CREDENTIAL, (token_hash,))
+        return OperatorCredential(OperatorInfo(*rows[0][:3]), rows[0][3]) if rows else None
+
+    async def list_operators(self) -> list[OperatorInfo]:
+        """Every registered operator."""
+        rows = await self._fetch("list operators", q.SELECT_OPERATORS)
+        return [OperatorInfo(*row) for row in rows]
+
+    async def revoke_operator(self, name: str, now: int) -> None:
+        """Revoke an operator's token; NotFound if unknown."""
+        async with self._connection("revoke an operator") as conn:
+            cur = await conn.execute(q.REVOKE_OPERATOR, (now, name))
+            if cur.rowcount == 0:
+                raise NotFound(f"no operator {name!r} is registered")
+
+    async def read_rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows of one read-only query with `%s` placeholders."""
+        return await self._fetch("read rows", sql.encode(), tuple(params))
+
+    async def stream_rows(
+        self, sql: str, params: Sequence[Any] = (), chunk: int = 5000
+    ) -> AsyncGenerator[list[tuple[Any, ...]], None]:
+        """Rows of one query, `chunk` at a time, through a server-side cursor (one snapshot)."""
+        async with (
+            self._connection("read rows") as conn,
+            conn.transaction(),
+            conn.cursor(name="playproof_rows", binary=True) as cur,
+        ):
+            cur.itersize = chunk
+            await cur.execute(sql.encode(), tuple(params))
+            while rows := await cur.fetchmany(chunk):
+                yield rows
 
 
 async def migrate(conn: Conn) -> None:

@@ -32,10 +32,11 @@ from playproof.stores.base import (
     JournalKey,
     Key,
     needs_lookup,
-    plan_commit,
     sequence_changes,
     tracked_keys,
 )
+from playproof.stores.draft import plan_group
+from playproof.stores.rollup import ROLLUPS, Delta, Rollup, postgres_upsert
 
 _COPY_TYPES = [q.IMPRESSION_TYPES[c] for c in IMPRESSION_COLUMNS]
 _KEY_POSITIONS = [IMPRESSION_COLUMNS.index(c) for c in q.KEY_COLUMNS]
@@ -67,11 +68,12 @@ async def commit(conn: AsyncConnection, writes: Sequence[BatchWrite]) -> list[li
     try:
         states = await _begin_and_lock(conn, keys, now)
         existing = await _lookup(conn, keys, states)
-        plan = plan_commit(writes, existing)
+        plan, rollups = plan_group(writes, existing)
         await _copy_impressions(conn, plan.impressions)
         async with conn.pipeline():
             await _write_rejects(conn, plan.rejects)
             await _write_sequences(conn, sequence_changes(plan.arrivals, states), now)
+            await _write_rollups(conn, rollups)
             await conn.execute("COMMIT")
     except BaseException:
         await _rollback(conn)
@@ -198,6 +200,16 @@ async def _write_sequences(
     if changes:
         states = [(*key, c.state.high_water, c.state.high_water_ts) for key, c in changes.items()]
         await conn.execute(q.UPDATE_JOURNALS, (now, *_columns(states, 4)))
+
+
+_UPSERT_ROLLUP = {rollup: postgres_upsert(rollup) for rollup in ROLLUPS}
+
+
+async def _write_rollups(conn: AsyncConnection, rollups: dict[Rollup, list[Delta]]) -> None:
+    # Last before COMMIT: hot rollup rows stay locked only for the commit itself,
+    # and the deltas come sorted, so concurrent commits lock them in one order.
+    for rollup, deltas in rollups.items():
+        await conn.execute(_UPSERT_ROLLUP[rollup], _columns(deltas, len(rollup.columns)))
 
 
 def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:

@@ -151,3 +151,24 @@ SELECT_REJECTS: Final = (
     "AND (%(reason)s::text IS NULL OR reason = %(reason)s) "
     "ORDER BY id DESC LIMIT %(limit)s"
 )
+
+INSERT_OPERATOR: Final = (
+    "INSERT INTO operators (name, token_hash, created_at, revoked_at) VALUES (%s, %s, %s, %s)"
+)
+SELECT_OPERATOR_CREDENTIAL: Final = (
+    "SELECT name, created_at, revoked_at, token_hash FROM operators WHERE token_hash = %s"
+)
+SELECT_OPERATORS: Final = "SELECT name, created_at, revoked_at FROM operators ORDER BY name"
+REVOKE_OPERATOR: Final = (
+    "UPDATE operators SET revoked_at = COALESCE(revoked_at, %s) WHERE name = %s"
+)
+
+# Reconciliation: what the service holds of some devices, from one snapshot.
+REPEATABLE_READ: Final = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"
+HELD_IMPRESSIONS: Final = (
+    "SELECT device_id, journal_id, seq, checksum, status, start_ts, content_id "
+    "FROM impressions WHERE device_id = ANY(%s)"
+)
+HELD_REJECTS: Final = (
+    "SELECT device_id, journal_id, seq, checksum, reason FROM rejects WHERE submitted_by = ANY(%s)"
+)

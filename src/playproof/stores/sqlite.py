@@ -13,8 +13,9 @@ import contextlib
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from itertools import chain
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,30 +29,62 @@ from playproof.stores.base import (
     BatchWrite,
     Credential,
     DeviceInfo,
+    HeldRecords,
     JournalInfo,
     JournalKey,
     Key,
+    OperatorCredential,
+    OperatorInfo,
     RejectInfo,
     StatusInfo,
     needs_lookup,
-    plan_commit,
     sequence_changes,
     status_info,
     tracked_keys,
 )
 from playproof.stores.blobs import BlobStore
+from playproof.stores.draft import plan_group
+from playproof.stores.rollup import ROLLUPS, Rollup, sqlite_upsert
 
 T = TypeVar("T")
 
-_INSERT_IMPRESSION = (
-    f"INSERT INTO impressions ({', '.join(IMPRESSION_COLUMNS)}) "
-    f"VALUES ({', '.join('?' * len(IMPRESSION_COLUMNS))})"
+
+class BulkInsert:
+    """An INSERT of many rows a statement, in chunks of a few hundred.
+
+    Python's sqlite3 gives up the GIL around every statement step; with
+    `executemany` that is once a row, and each time the writer must win the GIL
+    back from a busy event loop (up to the 5 ms switch interval): measured, a
+    row then costs milliseconds instead of microseconds. One step per chunk.
+    """
+
+    def __init__(self, head: str, width: int, tail: str = "", chunk: int = 256) -> None:
+        self._head, self._tail, self._chunk = head, tail, chunk
+        self._row = "(" + ", ".join("?" * width) + ")"
+        self._sql: dict[int, str] = {}
+
+    def run(self, conn: sqlite3.Connection, rows: Sequence[Sequence[Any]]) -> None:
+        """Insert every row."""
+        for start in range(0, len(rows), self._chunk):
+            part = rows[start : start + self._chunk]
+            conn.execute(self._statement(len(part)), list(chain.from_iterable(part)))
+
+    def _statement(self, count: int) -> str:
+        sql = self._sql.get(count)
+        if sql is None:
+            values = ", ".join([self._row] * count)
+            sql = self._sql[count] = f"{self._head} VALUES {values} {self._tail}"
+        return sql
+
+
+_INSERT_IMPRESSION = BulkInsert(
+    f"INSERT INTO impressions ({', '.join(IMPRESSION_COLUMNS)})", len(IMPRESSION_COLUMNS)
 )
-_UPSERT_REJECT = (
-    f"INSERT INTO rejects ({', '.join(REJECT_COLUMNS)}) "
-    f"VALUES ({', '.join('?' * len(REJECT_COLUMNS))}) "
+_UPSERT_REJECT = BulkInsert(
+    f"INSERT INTO rejects ({', '.join(REJECT_COLUMNS)})",
+    len(REJECT_COLUMNS),
     "ON CONFLICT (device_id, journal_id, seq, checksum, reason) "
-    "DO UPDATE SET times = times + 1, received_at = excluded.received_at"
+    "DO UPDATE SET times = times + 1, received_at = excluded.received_at",
 )
 _UPSERT_JOURNAL = (
     "INSERT INTO journals (device_id, journal_id, high_water, high_water_ts, first_seen, "
@@ -82,10 +115,55 @@ def connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+class Checkpointer:
+    """Moves the WAL into the database file on a thread of its own, every half second."""
+
+    def __init__(self, path: Path, every_s: float = 0.5) -> None:
+        self._path = path
+        self._every_s = every_s
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="sqlite-checkpoint")
+        self._conn: sqlite3.Connection | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start checkpointing."""
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        """Stop; a last checkpoint truncates the WAL."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            await asyncio.get_running_loop().run_in_executor(self._pool, self._last)
+        self._pool.shutdown(wait=True)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self._every_s)
+            await loop.run_in_executor(self._pool, self._checkpoint, "PASSIVE")
+
+    def _checkpoint(self, mode: str) -> None:
+        # PASSIVE never waits for the writer; a failure (a full disk) is
+        # retried on the next round, and the commits go on meanwhile.
+        with contextlib.suppress(sqlite3.Error):
+            if self._conn is None:
+                self._conn = connect(self._path)
+            self._conn.execute(f"PRAGMA wal_checkpoint({mode})")
+
+    def _last(self) -> None:
+        self._checkpoint("TRUNCATE")
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
 class SqliteStore:
     """The store interface on one SQLite file, screenshots in a folder beside it."""
 
     commit_lanes = 1
+    dialect = "sqlite"
 
     def __init__(self, path: Path, blob_dir: Path | None = None) -> None:
         self.path = path
@@ -95,6 +173,7 @@ class SqliteStore:
         self._readers = ThreadPoolExecutor(2, thread_name_prefix="sqlite-reader")
         self._local = threading.local()
         self._wconn: sqlite3.Connection | None = None
+        self._checkpointer = Checkpointer(path)
 
     # --- plumbing -----------------------------------------------------------
 
@@ -107,6 +186,9 @@ class SqliteStore:
     def _writer_conn(self) -> sqlite3.Connection:
         if self._wconn is None:
             self._wconn = connect(self.path)
+            # The checkpointer moves the WAL into the file off the commit path;
+            # left to the writer, a checkpoint stalls the commit it follows.
+            self._wconn.execute("PRAGMA wal_autocheckpoint = 0")
         return self._wconn
 
     async def _write(self, doing: str, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -144,6 +226,7 @@ class SqliteStore:
         except OSError as exc:
             raise StoreUnavailable(f"cannot create {self.path.parent}: {exc.strerror}") from None
         await asyncio.get_running_loop().run_in_executor(self._writer, self._migrate)
+        self._checkpointer.start()
 
     def _migrate(self) -> None:
         try:
@@ -164,6 +247,7 @@ class SqliteStore:
 
     async def close(self) -> None:
         """Close connections and stop the threads."""
+        await self._checkpointer.stop()
         self._writer.submit(self._close_writer).result()
         self._writer.shutdown(wait=True)
         self._readers.shutdown(wait=True)
@@ -282,9 +366,87 @@ class SqliteStore:
         """Rejected records, newest first."""
         return await self._read("read rejects", lambda c: _rejects(c, device_id, reason, limit))
 
+    async def held_records(self, device_ids: Sequence[str]) -> HeldRecords:
+        """Every impression of these devices and every reject they submitted, one snapshot."""
+        return await self._read("read held records", lambda c: _held(c, device_ids))
+
     async def execute_read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a read-only query (for reports and tests)."""
         return await self._read("run a query", lambda c: c.execute(sql, params).fetchall())
+
+    # --- operators and reports -----------------------------------------------
+
+    async def add_operator(self, operator: OperatorInfo, token_hash: str) -> None:
+        """Register an operator; Conflict if its name or token is taken."""
+
+        def add(conn: sqlite3.Connection) -> None:
+            try:
+                conn.execute(
+                    "INSERT INTO operators (name, token_hash, created_at, revoked_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    (operator.name, token_hash, *operator[1:]),
+                )
+            except sqlite3.IntegrityError:
+                raise Conflict(f"operator {operator.name!r} is already registered") from None
+
+        await self._write("register an operator", add)
+
+    async def operator_for_token(self, token_hash: str) -> OperatorCredential | None:
+        """The operator holding this token hash, with the stored hash."""
+        sql = "SELECT name, created_at, revoked_at, token_hash FROM operators WHERE token_hash = ?"
+        rows = await self.read_rows(sql, (token_hash,))
+        return OperatorCredential(OperatorInfo(*rows[0][:3]), rows[0][3]) if rows else None
+
+    async def list_operators(self) -> list[OperatorInfo]:
+        """Every registered operator."""
+        rows = await self.read_rows(
+            "SELECT name, created_at, revoked_at FROM operators ORDER BY name"
+        )
+        return [OperatorInfo(*row) for row in rows]
+
+    async def revoke_operator(self, name: str, now: int) -> None:
+        """Revoke an operator's token; NotFound if unknown."""
+
+        def revoke(conn: sqlite3.Connection) -> None:
+            cur = conn.execute(
+                "UPDATE operators SET revoked_at = COALESCE(revoked_at, ?) WHERE name = ?",
+                (now, name),
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"no operator {name!r} is registered")
+
+        await self._write("revoke an operator", revoke)
+
+    async def read_rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows of one read-only query with `?` placeholders."""
+        return await self._read("read rows", lambda c: c.execute(sql, params).fetchall())
+
+    async def stream_rows(
+        self, sql: str, params: Sequence[Any] = (), chunk: int = 5000
+    ) -> AsyncGenerator[list[tuple[Any, ...]], None]:
+        """Rows of one query, `chunk` at a time, on a connection of its own (one snapshot)."""
+        loop = asyncio.get_running_loop()
+
+        def start() -> sqlite3.Cursor:
+            conn = connect(self.path)
+            # An export reads much of the file once: map it rather than copy pages.
+            conn.execute("PRAGMA mmap_size = 1073741824")
+            return conn.execute(sql, params)
+
+        def fetch(cur: sqlite3.Cursor) -> list[tuple[Any, ...]]:
+            return cur.fetchmany(chunk)
+
+        try:
+            cur = await loop.run_in_executor(self._readers, start)
+        except sqlite3.Error as exc:
+            raise _translate(exc, "read rows") from exc
+        try:
+            while rows := await loop.run_in_executor(self._readers, fetch, cur):
+                yield rows
+        except sqlite3.Error as exc:
+            raise _translate(exc, "read rows") from exc
+        finally:
+            await loop.run_in_executor(self._readers, cur.connection.close)
 
 
 # --- helpers, run on the store's threads ------------------------------------
@@ -367,13 +529,23 @@ def _commit(conn: sqlite3.Connection, writes: Sequence[BatchWrite]) -> list[list
         lookup = needs_lookup(seqs, states[key])
         if lookup:
             existing.update(_existing(conn, key, lookup))
-    plan = plan_commit(writes, existing)
-    conn.executemany(_INSERT_IMPRESSION, plan.impressions)
-    conn.executemany(_UPSERT_REJECT, plan.rejects)
+    plan, rollups = plan_group(writes, existing)
+    _INSERT_IMPRESSION.run(conn, plan.impressions)
+    _UPSERT_REJECT.run(conn, plan.rejects)
+    for rollup, rows in rollups.items():
+        _UPSERT_ROLLUP[rollup].run(conn, rows)
     known = {k: s for k, s in states.items() if s is not None}
     now = max(w.received_at for w in writes)
     _save_sequences(conn, sequence_changes(plan.arrivals, known), now)
     return plan.acks
+
+
+def _rollup_upsert(rollup: Rollup) -> BulkInsert:
+    head, tail = sqlite_upsert(rollup)
+    return BulkInsert(head, len(rollup.columns), tail)
+
+
+_UPSERT_ROLLUP = {rollup: _rollup_upsert(rollup) for rollup in ROLLUPS}
 
 
 def _save_sequences(
@@ -439,6 +611,27 @@ def _journals(conn: sqlite3.Connection, device_id: str | None) -> list[JournalIn
         JournalInfo(device, journal, high, first, last, tuple(_gaps(conn, (device, journal))))
         for device, journal, high, first, last in rows
     ]
+
+
+_HELD_IMPRESSIONS = (
+    "SELECT device_id, journal_id, seq, checksum, status, start_ts, content_id FROM impressions "
+    "WHERE device_id IN (SELECT value FROM json_each(?))"
+)
+_HELD_REJECTS = (
+    "SELECT device_id, journal_id, seq, checksum, reason FROM rejects "
+    "WHERE submitted_by IN (SELECT value FROM json_each(?))"
+)
+
+
+def _held(conn: sqlite3.Connection, device_ids: Sequence[str]) -> HeldRecords:
+    wanted = json.dumps(list(device_ids))
+    conn.execute("BEGIN")  # one snapshot for both
+    try:
+        impressions = conn.execute(_HELD_IMPRESSIONS, (wanted,)).fetchall()
+        rejects = conn.execute(_HELD_REJECTS, (wanted,)).fetchall()
+    finally:
+        conn.execute("COMMIT")
+    return HeldRecords(impressions, rejects)
 
 
 def _rejects(

@@ -1,0 +1,145 @@
+"""The fleet's health at a glance: one summary per device, with its problems named.
+
+A summary gathers what the service knows of a screen: when it was last heard
+from, the skew of its last status, its clock and drift, its queue, evictions,
+sequences (high-water mark, open gaps, lost ranges, journal resets) and the
+plays a crash closed (`device_restart`) in the last day. `problems` names what
+an operator should look at; the thresholds are below and in docs/operators.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final, NamedTuple
+
+from playproof.errors import NotFound
+from playproof.protocol import Status, decode_status
+from playproof.rules import HOUR_MS, MINUTE_MS, Policy
+from playproof.server.admin import device_health
+from playproof.server.sequences import device_sequences
+from playproof.stores import queries
+from playproof.stores.base import DeviceInfo, JournalInfo, Store
+
+OFFLINE_AFTER_MS: Final = 5 * MINUTE_MS  # a device sends a status every minute
+DRIFT_PPM: Final = 100.0  # about 8.6 s a day
+RESTARTS_WINDOW_MS: Final = 24 * HOUR_MS
+PROBLEMS: Final = ("revoked", "offline", "skewed", "unsynced", "drifting", "gaps", "lost")
+
+
+class _Seen(NamedTuple):
+    received_at: int
+    status: Status
+    evicted_total: int
+
+
+def clock_state(status: Status | None, now: int, policy: Policy) -> str:
+    """`synced` (an NTP exchange within `sync_max_age_ms`), `unsynced`, `never` or `unknown`."""
+    if status is None:
+        return "unknown"
+    if status.last_sync_ts is None:
+        return "never"
+    return "synced" if now - status.last_sync_ts <= policy.sync_max_age_ms else "unsynced"
+
+
+def _status_part(seen: _Seen | None, now: int, policy: Policy) -> dict[str, Any]:
+    status = seen.status if seen else None
+    skew = status.sent_at - seen.received_at if seen and status else None
+    return {
+        "last_status_at": seen.received_at if seen else None,
+        "last_skew_ms": skew,
+        "clock_state": clock_state(status, now, policy),
+        "clock_offset_ms": status.clock_offset_ms if status else None,
+        "drift_ppm": status.drift_ppm if status else None,
+        "last_sync_at": status.last_sync_ts if status else None,
+        "queue_depth": status.queue_depth if status else None,
+        "oldest_queued_at": status.oldest_queued_ts if status else None,
+        "evicted_total": seen.evicted_total if seen else 0,
+        "version": status.version if status else None,
+    }
+
+
+def _problems(summary: dict[str, Any], now: int, policy: Policy) -> list[str]:
+    last = summary["last_seen"]
+    skew, drift = summary["last_skew_ms"], summary["drift_ppm"]
+    found = {
+        "revoked": summary["revoked_at"] is not None,
+        "offline": last is None or now - last > OFFLINE_AFTER_MS,
+        "skewed": skew is not None and abs(skew) > policy.skew_flag_ms,
+        "unsynced": summary["clock_state"] in ("unsynced", "never"),
+        "drifting": drift is not None and abs(drift) > DRIFT_PPM,
+        "gaps": summary["open_gaps"] > 0,
+        "lost": summary["lost"] > 0,
+    }
+    return [name for name in PROBLEMS if found[name]]
+
+
+def summarize(
+    device: DeviceInfo,
+    seen: _Seen | None,
+    journals: list[JournalInfo],
+    restarts: int,
+    now: int,
+    policy: Policy,
+) -> dict[str, Any]:
+    """One device's summary as plain values (times in epoch ms; the routes format them)."""
+    seqs = device_sequences(journals, now, policy)
+    heard = [j.last_seen for j in journals] + ([seen.received_at] if seen else [])
+    summary: dict[str, Any] = {
+        "device_id": device.device_id,
+        "store_id": device.store_id,
+        "created_at": device.created_at,
+        "revoked_at": device.revoked_at,
+        "last_seen": max(heard) if heard else None,
+        **_status_part(seen, now, policy),
+        "high_water": seqs["high_water"],
+        "current_journal": seqs["current_journal"],
+        "open_gaps": seqs["open_gaps"],
+        "missing": sum(j["missing"] for j in seqs["journals"]),
+        "lost": seqs["lost"],
+        "lost_ranges": sum(len(j["lost_ranges"]) for j in seqs["journals"]),
+        "resets": seqs["resets"],
+        "restarts": restarts,
+    }
+    summary["problems"] = _problems(summary, now, policy)
+    return summary
+
+
+async def fleet(store: Store, now: int, policy: Policy) -> list[dict[str, Any]]:
+    """Every registered device's summary, by id: a handful of queries, whatever the fleet."""
+    seen = {
+        device: _Seen(at, decode_status(payload.encode()), evicted)
+        for device, at, payload, evicted in await queries.statuses(store)
+    }
+    by_device: dict[str, list[JournalInfo]] = {}
+    for journal in await store.journals():
+        by_device.setdefault(journal.device_id, []).append(journal)
+    restarts = await queries.restarts_since(store, now - RESTARTS_WINDOW_MS)
+    return [
+        summarize(
+            d,
+            seen.get(d.device_id),
+            by_device.get(d.device_id, []),
+            restarts.get(d.device_id, 0),
+            now,
+            policy,
+        )
+        for d in await store.list_devices()
+    ]
+
+
+async def device_detail(store: Store, device_id: str, now: int, policy: Policy) -> dict[str, Any]:
+    """One device's summary, with its latest status, evicted ranges and journals in full."""
+    device = await store.get_device(device_id)
+    if device is None:
+        raise NotFound(f"no device {device_id!r} is registered")
+    info = await store.latest_status(device_id)
+    seen = _Seen(info.received_at, info.status, info.evicted_total) if info else None
+    journals = await store.journals(device_id)
+    restarts = await queries.restarts_since(store, now - RESTARTS_WINDOW_MS)
+    summary = summarize(device, seen, journals, restarts.get(device_id, 0), now, policy)
+    health = await device_health(store, device_id, now, policy)
+    return {
+        **summary,
+        "status": health["status"],
+        "evicted_ranges": health["evicted_ranges"],
+        "journals": health["sequences"]["journals"],
+    }

@@ -1,0 +1,227 @@
+"""The OpenAPI description of the operators' routes (merged into `openapi.document`)."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import msgspec
+
+from playproof.server.reports import ImpressionOut
+
+DIMENSION_PARAMS: Final = (
+    "campaign_id",
+    "ad_group_id",
+    "content_id",
+    "supplier_id",
+    "store_id",
+    "device_id",
+)
+ID_SCHEMA: Final = {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,64}$"}
+TIME_SCHEMA: Final = {
+    "type": "string",
+    "description": "RFC 3339 (2026-11-01T00:00:00Z), or a date meaning its midnight in `tz`",
+}
+
+
+class ImpressionItem(ImpressionOut):
+    """An impression in a JSON page, with the route of its screenshot."""
+
+    screenshot_url: str | None
+
+
+class ImpressionPage(msgspec.Struct):
+    """One page of impressions; pass `next_cursor` as `cursor` for the next."""
+
+    impressions: list[ImpressionItem]
+    next_cursor: str | None
+
+
+class Operator(msgspec.Struct):
+    """Who a token belongs to."""
+
+    name: str
+
+
+def _q(name: str, schema: dict[str, Any], description: str = "") -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema} | (
+        {"description": description} if description else {}
+    )
+
+
+def _err(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref("Error")}}}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+OBJECT: Final = {"type": "object"}
+ERRORS: Final = {
+    "400": _err("a parameter is not what it must be: the message says what was expected"),
+    "401": _err("missing or unknown token"),
+    "403": _err("a device token, or a revoked operator token"),
+    "503": _err("the store cannot answer now"),
+}
+TIME_PARAMS: Final = [_q("from", TIME_SCHEMA, "start (included)"), _q("to", TIME_SCHEMA, "end")]
+FORMAT: Final = _q("format", {"type": "string", "enum": ["json", "csv", "ndjson"]}, "or Accept")
+LIMIT: Final = _q("limit", {"type": "integer", "minimum": 1, "maximum": 1000})
+CURSOR: Final = _q("cursor", {"type": "string"}, "`next_cursor` of the previous page")
+TZ: Final = _q("tz", {"type": "string"}, "UTC (default) or an IANA time zone name")
+
+
+def _get(op_id: str, summary: str, params: list[dict[str, Any]], ok: dict[str, Any]) -> Any:
+    return {
+        "get": {
+            "summary": summary,
+            "operationId": op_id,
+            "security": [{"operator": []}],
+            "parameters": params,
+            "responses": {"200": ok, **ERRORS},
+        }
+    }
+
+
+def _tabular(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {
+            "application/json": {"schema": schema},
+            "text/csv": {"schema": {"type": "string"}},
+            "application/x-ndjson": {"schema": {"type": "string"}},
+        },
+    }
+
+
+def _json_ok(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _path_param(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": schema}
+
+
+def paths() -> dict[str, Any]:
+    """The operators' routes."""
+    dims = [_q(n, ID_SCHEMA) for n in DIMENSION_PARAMS]
+    status = _q("status", {"type": "string", "enum": ["valid", "partial"]})
+    not_found = {"404": _err("no such impression, or its screenshot is not uploaded")}
+    shot = _get(
+        "getScreenshot",
+        "The proof screenshot of one impression",
+        [
+            _path_param("device_id", ID_SCHEMA),
+            _path_param("journal_id", ID_SCHEMA),
+            _path_param("seq", {"type": "integer", "minimum": 1}),
+        ],
+        {
+            "description": "the image",
+            "content": {
+                "image/png": {"schema": {"type": "string", "format": "binary"}},
+                "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+            },
+        },
+    )
+    shot["get"]["responses"].update(not_found)
+    device = _get(
+        "getDevice",
+        "One device's health in full",
+        [_path_param("device_id", ID_SCHEMA)],
+        _json_ok("health", OBJECT),
+    )
+    device["get"]["responses"]["404"] = _err("no such device")
+    return {
+        "/": {
+            "get": {
+                "summary": "The operators' dashboard (a web page; it asks for the token)",
+                "operationId": "dashboard",
+                "responses": {
+                    "200": {
+                        "description": "HTML",
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+        "/v1/operator": _get(
+            "getOperator",
+            "Who the token belongs to",
+            [],
+            _json_ok("the operator", _ref("Operator")),
+        ),
+        "/v1/impressions": _get(
+            "listImpressions",
+            "Impressions by start time: a page as JSON, or a streamed CSV or NDJSON export",
+            [
+                *TIME_PARAMS,
+                *dims,
+                _q("journal_id", ID_SCHEMA),
+                status,
+                _q("end_reason", {"type": "string"}),
+                LIMIT,
+                CURSOR,
+                FORMAT,
+            ],
+            _tabular("impressions", _ref("ImpressionPage")),
+        ),
+        "/v1/impressions/{device_id}/{journal_id}/{seq}/screenshot": shot,
+        "/v1/reports/delivery": _get(
+            "deliveryReport",
+            "Valid and partial plays, played seconds, mean quality per group (billing)",
+            [
+                *TIME_PARAMS,
+                TZ,
+                _q("group_by", {"type": "string"}, "comma-separated dimensions, hour, day"),
+                *dims,
+                FORMAT,
+            ],
+            _tabular("the report", OBJECT),
+        ),
+        "/v1/reports/rejects": _get(
+            "rejectCounts",
+            "Rejected records counted by reason, device, hour or day",
+            [
+                *TIME_PARAMS,
+                TZ,
+                _q("group_by", {"type": "string"}),
+                _q("reason", {"type": "string"}),
+                _q("device_id", ID_SCHEMA),
+                FORMAT,
+            ],
+            _tabular("the counts", OBJECT),
+        ),
+        "/v1/rejects": _get(
+            "listRejects",
+            "Rejected records, newest first",
+            [
+                *TIME_PARAMS,
+                _q("reason", {"type": "string"}),
+                _q("device_id", ID_SCHEMA),
+                LIMIT,
+                CURSOR,
+                _q("format", {"type": "string", "enum": ["json"]}),
+            ],
+            _json_ok("a page of rejects", OBJECT),
+        ),
+        "/v1/devices": _get(
+            "listDevices", "Every device's health summary", [FORMAT], _tabular("devices", OBJECT)
+        ),
+        "/v1/devices/{device_id}": device,
+        "/v1/live": _get(
+            "live",
+            "Records answered lately per interval, by result; connected screens; queued records",
+            [
+                _q("seconds", {"type": "integer", "minimum": 10, "maximum": 3600}),
+                _q("step", {"type": "integer", "minimum": 1, "maximum": 300}),
+            ],
+            _json_ok("the series", OBJECT),
+        ),
+    }
+
+
+def schemas() -> dict[str, Any]:
+    """The schemas the operators' routes name."""
+    _, components = msgspec.json.schema_components(
+        (ImpressionPage, Operator), ref_template="#/components/schemas/{name}"
+    )
+    return components

@@ -1,0 +1,65 @@
+"""Helpers of the operators' tests: operator tokens, a real PNG, and posting records."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import struct
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from playproof.protocol import Record
+from playproof.server import admin
+from playproof.server.operators import add_operator
+from tests.support import ServerProcess, client, envelope
+
+
+def operator_token(db_url: str, name: str) -> str:
+    """Register an operator through the public API and return its token."""
+
+    async def add() -> str:
+        async with admin.opened(db_url) as store:
+            return await add_operator(store, name)
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(lambda: asyncio.run(add())).result()
+
+
+def png(width: int = 8, height: int = 6, rgb: tuple[int, int, int] = (200, 30, 30)) -> bytes:
+    """A real, decodable PNG of one colour."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    row = b"\x00" + bytes(rgb) * width
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(row * height))
+        + chunk(b"IEND", b"")
+    )
+
+
+def upload_png(server: ServerProcess, token: str, image: bytes) -> str:
+    """PUT a screenshot as its device would; its SHA-256."""
+    sha = hashlib.sha256(image).hexdigest()
+    with client(server.url, token) as http:
+        response = http.put(
+            f"/v1/screenshots/{sha}", content=image, headers={"Content-Type": "image/png"}
+        )
+    assert response.status_code in (200, 201), response.text
+    return sha
+
+
+def post_records(
+    server: ServerProcess, token: str, records: list[Record], device_id: str, **extra: Any
+) -> list[dict[str, Any]]:
+    """POST one batch; the acks."""
+    with client(server.url, token) as http:
+        response = http.post("/v1/impressions/batch", json=envelope(records, device_id, **extra))
+    assert response.status_code == 200, response.text
+    acks: list[dict[str, Any]] = response.json()["acks"]
+    return acks
