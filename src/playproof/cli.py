@@ -271,10 +271,10 @@ def demo(
     seed: Annotated[int, typer.Option(help="Seed of the fleet's plan.")] = 1,
 ) -> None:
     """The service on ./playproof.db with a live simulated fleet, then the reconciliation."""
-    from playproof import demo as demo_module
+    from playproof.fleet.demo import run_demo
 
     try:
-        code = demo_module.run(port, devices=devices, duration=duration, speed=speed, seed=seed)
+        code = run_demo(port, devices=devices, duration=duration, speed=speed, seed=seed)
     except PlayproofError as exc:
         raise fail(str(exc)) from None
     raise typer.Exit(code)

@@ -7,15 +7,9 @@ from typing import Any, Final
 import msgspec
 
 from playproof.server.reports import ImpressionOut
+from playproof.stores.rollup import DIMENSIONS
 
-DIMENSION_PARAMS: Final = (
-    "campaign_id",
-    "ad_group_id",
-    "content_id",
-    "supplier_id",
-    "store_id",
-    "device_id",
-)
+DIMENSION_PARAMS: Final = DIMENSIONS
 ID_SCHEMA: Final = {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,64}$"}
 TIME_SCHEMA: Final = {
     "type": "string",

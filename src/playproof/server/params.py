@@ -14,29 +14,21 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
-from typing import Any, Final
+from typing import Any, Final, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from starlette.datastructures import QueryParams
 
 from playproof.errors import ProtocolError
-from playproof.protocol import ID_PATTERN, MAX_INT
+from playproof.protocol import END_REASONS, ID_PATTERN, MAX_INT, PlayStatus, RejectReason
 
 MAX_RANGE_DAYS: Final = 3660
 ID: Final = re.compile(ID_PATTERN)
 EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 ENUMS: Final[dict[str, tuple[str, ...]]] = {
-    "status": ("valid", "partial"),
-    "end_reason": ("completed", "skipped", "interrupted", "error", "device_restart"),
-    "reason": (
-        "invalid",
-        "bad_checksum",
-        "forbidden",
-        "stale",
-        "clock_skew",
-        "future_timestamp",
-        "conflict",
-    ),
+    "status": get_args(PlayStatus),
+    "end_reason": END_REASONS,
+    "reason": get_args(RejectReason),
 }
 
 
