@@ -52,6 +52,7 @@ class Device:
     store_id: str = "store-1"
     next_seq: int = 1
     screenshots: bool = True  # whether its records name a proof screenshot
+    last_end: int | None = None  # end_ts of its latest record: its plays go forward in time
 
     @property
     def journal_id(self) -> str:
@@ -76,20 +77,20 @@ class Chunk:
 PLAYLIST = 20
 CATALOGUE = 500
 SPACING_MS = 12_000
+# A device's first records are a drained backlog: plays 12 s apart over 3.3 hours.
+BACKLOG_MS = 1000 * SPACING_MS
 
 
-def make_record(device: Device, seq: int, now: int) -> bytes:
+def make_record(device: Device, seq: int, end: int) -> bytes:
     """One sealed record of a screen looping a 20-item playlist; one in ten skipped.
 
     A device's playlist is 20 contents of a 500-content catalogue (campaigns, ad
-    groups and suppliers follow the content), and the plays of a 1000-record
-    batch are 12 s apart, ending in the last 3.3 hours: a drained backlog, as a
-    real screen sends one, so that the report rollups see realistic groups.
+    groups and suppliers follow the content), so that the report rollups see
+    realistic groups.
     """
     skipped = seq % 10 == 0
     shot = hashlib.sha256(f"{device.device_id}/{seq}".encode()).hexdigest()
     duration = 6_000 if skipped else 15_000
-    end = now - 1_000 - (999 - seq % 1000) * SPACING_MS
     offset = zlib.crc32(device.device_id.encode()) % CATALOGUE
     content = (offset + seq % PLAYLIST) % CATALOGUE
     record = Record(
@@ -115,10 +116,25 @@ def make_record(device: Device, seq: int, now: int) -> bytes:
     return encode(seal(record))
 
 
+def play_ends(device: Device, count: int) -> list[int]:
+    """End times of the device's next `count` plays, forward in time as a screen's are.
+
+    The first records spread over the last 3.3 hours (a drained backlog); later
+    ones share the time since the device's previous records, up to a second ago.
+    """
+    now = now_ms() - 1_000
+    since = now - BACKLOG_MS if device.last_end is None else device.last_end
+    step = max(0, now - since) / count
+    ends = [since + round(step * (i + 1)) for i in range(count)]
+    device.last_end = ends[-1]
+    return ends
+
+
 def take(device: Device, count: int) -> Chunk:
     """The device's next `count` records, pre-encoded as an envelope body."""
-    first, now = device.next_seq, now_ms()
-    records = b",".join(make_record(device, s, now) for s in range(first, first + count))
+    first = device.next_seq
+    ends = play_ends(device, count)
+    records = b",".join(make_record(device, first + i, end) for i, end in enumerate(ends))
     device.next_seq += count
     head = b'"device_id":' + encode(device.device_id) + b',"impressions":['
     return Chunk(first, count, head + records + b'],"sent_at":')

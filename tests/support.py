@@ -82,11 +82,14 @@ def provision(db_url: str, device_id: str, store_id: str = "store-1") -> str:
 
 
 class ServerProcess:
-    """`playproof serve` in a real process on a free port."""
+    """`playproof serve` in a real process on a free port (or on `port`, to restart on it)."""
 
-    def __init__(self, db_url: str, *extra: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, db_url: str, *extra: str, env: dict[str, str] | None = None, port: int = 0
+    ) -> None:
         self.db_url = db_url
         self.extra = extra
+        self.port = port
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
@@ -102,7 +105,7 @@ class ServerProcess:
             "--db",
             self.db_url,
             "--port",
-            "0",
+            str(self.port),
             "--log-level",
             "warning",
             *self.extra,
