@@ -5,9 +5,19 @@ Modes, switchable while traffic flows:
 - `drop`: refuse new connections (accept and close at once) and close open ones.
 - `stall`: accept and forward nothing either way (a black hole).
 - `reset`: forward part of the next client chunk, then reset the connection (RST).
+- `reset_mid_frame`: let each connection's opening exchange through (the HTTP request
+  or WebSocket upgrade, and its answer), then forward half of the next chunk either way
+  and reset: a WebSocket frame (or a keep-alive request, or an ack) cut in the middle.
 - `trickle`: forward in small pieces with pauses (a slow, lossy-feeling link).
 - `cut_before_ack`: forward requests, then close before any answer reaches the client:
   the service commits, the device never hears, and must resend.
+
+`bitten` counts, per mode, the times the fault acted on traffic (a connection refused,
+closed or reset, a chunk swallowed, trickled or cut), so that a scenario can tell a
+fault that bit from one that found no traffic; `bitten_on` counts the chunks a fault
+swallowed, trickled or cut by (mode, the request line their connection opened with);
+`requests` counts connections by that request line (`GET /v1/stream`,
+`POST /v1/impressions/batch`, ...).
 """
 
 from __future__ import annotations
@@ -17,9 +27,10 @@ import contextlib
 import socket
 import struct
 import threading
+from collections import Counter
 from typing import Final
 
-MODES: Final = ("pass", "drop", "stall", "reset", "trickle", "cut_before_ack")
+MODES: Final = ("pass", "drop", "stall", "reset", "reset_mid_frame", "trickle", "cut_before_ack")
 CHUNK = 65536
 
 
@@ -31,6 +42,9 @@ class FaultProxy:
         self.mode = "pass"
         self.port = 0
         self.connections = 0
+        self.bitten: Counter[str] = Counter()
+        self.bitten_on: Counter[tuple[str, str]] = Counter()
+        self.requests: Counter[str] = Counter()
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -54,7 +68,7 @@ class FaultProxy:
             raise ValueError(f"expected one of {MODES}, got {mode!r}")
         self.mode = mode
         if mode in ("drop", "reset"):
-            self._loop.call_soon_threadsafe(self._close_all, mode == "reset")
+            self._loop.call_soon_threadsafe(self._close_all, mode == "reset", mode)
 
     def stop(self) -> None:
         """Close everything and stop the thread."""
@@ -83,7 +97,10 @@ class FaultProxy:
         port: int = self._server.sockets[0].getsockname()[1]
         return port
 
-    def _close_all(self, reset: bool) -> None:
+    def _close_all(self, reset: bool, fault: str | None = None) -> None:
+        if fault is not None:
+            # Both ends of a connection are in the set: count connections, not writers.
+            self.bitten[fault] += len(self._writers) // 2
         for writer in list(self._writers):
             _abort(writer, reset)
         self._writers.clear()
@@ -91,6 +108,7 @@ class FaultProxy:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         if self.mode == "drop":
+            self.bitten["drop"] += 1
             _abort(writer, reset=False)
             return
         try:
@@ -99,39 +117,58 @@ class FaultProxy:
             _abort(writer, reset=True)
             return
         self._writers.update((writer, up_writer))
+        link = _Link()
         try:
             await asyncio.gather(
-                self._pipe(reader, up_writer, upstream=True),
-                self._pipe(up_reader, writer, upstream=False),
+                self._pipe(reader, up_writer, link, upstream=True),
+                self._pipe(up_reader, writer, link, upstream=False),
             )
+        except asyncio.CancelledError:
+            pass  # `stop`: end quietly (a cancelled handler makes asyncio log a traceback)
         finally:
             for w in (writer, up_writer):
                 self._writers.discard(w)
                 _abort(w, reset=False)
 
     async def _pipe(
-        self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, upstream: bool
+        self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, link: _Link, upstream: bool
     ) -> None:
+        chunks = 0
         with contextlib.suppress(OSError, ConnectionError, asyncio.IncompleteReadError):
             while data := await src.read(CHUNK):
-                if not await self._forward(data, dst, upstream):
+                if upstream and chunks == 0:
+                    link.request = _request_line(data)
+                    self.requests[link.request] += 1
+                chunks += 1
+                if not await self._forward(data, dst, link, upstream, opening=chunks == 1):
                     return
         with contextlib.suppress(OSError, RuntimeError):
             dst.close()
 
-    async def _forward(self, data: bytes, dst: asyncio.StreamWriter, upstream: bool) -> bool:
+    async def _forward(
+        self,
+        data: bytes,
+        dst: asyncio.StreamWriter,
+        link: _Link,
+        upstream: bool,
+        opening: bool = False,
+    ) -> bool:
         mode = self.mode
         if mode == "stall":
+            self._bite(mode, link)
             await asyncio.sleep(3600)
             return False
-        if mode == "reset":
+        if mode == "reset" or (mode == "reset_mid_frame" and not opening):
+            self._bite(mode, link)
             dst.write(data[: len(data) // 2])
             _abort(dst, reset=True)
             return False
         if mode == "cut_before_ack" and not upstream:
+            self._bite(mode, link)
             _abort(dst, reset=True)
             return False
         if mode == "trickle":
+            self._bite(mode, link)
             for i in range(0, len(data), 512):
                 dst.write(data[i : i + 512])
                 await asyncio.sleep(0.01)
@@ -139,6 +176,28 @@ class FaultProxy:
             dst.write(data)
         await dst.drain()
         return True
+
+    def _bite(self, mode: str, link: _Link) -> None:
+        self.bitten[mode] += 1
+        self.bitten_on[(mode, link.request)] += 1
+
+
+class _Link:
+    """One proxied connection: the request line it opened with (`?` until known)."""
+
+    __slots__ = ("request",)
+
+    def __init__(self) -> None:
+        self.request = "?"
+
+
+def _request_line(data: bytes) -> str:
+    """`METHOD /path` of an HTTP request's first line, or `?` when it is not one."""
+    method, _, rest = data.partition(b"\r\n")[0].partition(b" ")
+    path = rest.partition(b" ")[0].partition(b"?")[0]
+    if not method.isalpha() or not path.startswith(b"/"):
+        return "?"
+    return f"{method.decode()} {path.decode(errors='replace')}"
 
 
 def _abort(writer: asyncio.StreamWriter, reset: bool) -> None:

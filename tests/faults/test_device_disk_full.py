@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+from tests.faults.conftest import Tally
 from tests.faults.proxy import FaultProxy
 from tests.support import ServerProcess, provision
 
@@ -97,6 +98,7 @@ def test_a_full_device_disk_evicts_oldest_first_reports_it_and_never_crash_loops
     small_disk: Path,
     db_url: str,
     tmp_path: Path,
+    tally: Tally,
 ) -> None:
     token = provision(db_url, DEVICE)
     playlist = tmp_path / "playlist.json"
@@ -133,4 +135,6 @@ def test_a_full_device_disk_evicts_oldest_first_reports_it_and_never_crash_loops
     assert not stored & evicted, "an evicted record cannot also be stored"
     assert min(evicted) == 1, "the oldest go first"
     missing = set(range(1, max(stored | evicted) + 1)) - stored - evicted
+    tally.faults, tally.records = 1, max(stored | evicted)
+    tally.lost, tally.notes["evicted"] = len(missing), len(evicted)
     assert not missing, f"sequences neither stored nor reported evicted: {sorted(missing)[:20]}"

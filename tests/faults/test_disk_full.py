@@ -6,11 +6,12 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
+from tests.faults.conftest import Tally
 from tests.support import ServerProcess, client, envelope, make_record, provision
 
 
 def test_a_full_disk_answers_503_acknowledges_nothing_and_recovers_without_restart(
-    small_disk: Path,
+    small_disk: Path, tally: Tally
 ) -> None:
     db_url = f"sqlite:///{small_disk / 'playproof.db'}"
     token = provision(db_url, "scr-full")
@@ -48,5 +49,8 @@ def test_a_full_disk_answers_503_acknowledges_nothing_and_recovers_without_resta
             for row in conn.execute("SELECT seq FROM impressions WHERE device_id = 'scr-full'")
         }
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    tally.faults, tally.records = statuses.count(503), seq + 99
+    tally.lost, tally.doubled = len(acked - stored), len(stored - acked)
     assert acked <= stored, f"{len(acked - stored)} acknowledged records are missing"
+    assert stored <= acked, "a batch answered 503 committed nothing"
     assert len(acked) > 500

@@ -205,7 +205,7 @@ def translate(exc: BaseException) -> BaseException:
     if isinstance(exc, ConnectionClosed):
         return closed(exc)
     if isinstance(exc, OSError | WebSocketException | TimeoutError):
-        return TransportDown(f"stream: {exc or type(exc).__name__}")
+        return TransportDown(f"stream: {str(exc) or type(exc).__name__}")
     return exc
 
 

@@ -141,8 +141,8 @@ class Uplink:
         """Hold records while the service's clock is too far from ours: they would be lost."""
         if self._skew is None:
             return
-        skew, offset_then = self._skew
-        predicted = skew + (self.clock.offset_ms - offset_then)
+        skew, lead_then = self._skew
+        predicted = skew + (self._clock_lead() - lead_then)
         if skew_band(predicted, self.policy) == "reject":
             raise RetryLater(
                 f"the service clock is {predicted / 60000:+.1f} min from ours: "
@@ -233,6 +233,13 @@ class Uplink:
         self.state = state
         self._status_due.set()
 
+    def _clock_lead(self) -> int:
+        """Our corrected clock less the monotonic one, in ms: how far it has moved since an
+        ack is how far the service's skew has. Offset changes alone would count a wall
+        clock step the clock compensated (corrected time unmoved) as a skew of its size."""
+        stamp = self.clock.stamp()
+        return stamp.ts_ms - round(stamp.mono * 1000.0)
+
     # --- acks ---------------------------------------------------------------
 
     async def take_acks(
@@ -246,7 +253,7 @@ class Uplink:
     ) -> None:
         """Apply a batch's acks: final ones leave the journal; the clock learns the service's."""
         if skew_ms is not None:
-            self._skew = (skew_ms, self.clock.offset_ms)
+            self._skew = (skew_ms, self._clock_lead())
         self.clock.observe_service_time(received_at, sent_mono, self.clock.monotonic())
         final, outcomes = self._tally(acks)
         missing = set(seqs) - set(final)
@@ -305,7 +312,8 @@ class Uplink:
         except InvalidStatus as exc:
             raise _status_failure(exc) from None
         except (OSError, TimeoutError, WebSocketException) as exc:
-            raise TransportDown(f"stream: cannot connect: {exc or type(exc).__name__}") from None
+            reason = str(exc) or type(exc).__name__
+            raise TransportDown(f"stream: cannot connect: {reason}") from None
 
     # --- HTTP ---------------------------------------------------------------
 
@@ -365,7 +373,7 @@ class Uplink:
         try:
             return await self._http.request(method, path, content=body, headers=headers)
         except httpx.HTTPError as exc:
-            raise TransportDown(f"http: {path}: {exc or type(exc).__name__}") from None
+            raise TransportDown(f"http: {path}: {str(exc) or type(exc).__name__}") from None
 
     # --- status -------------------------------------------------------------
 
