@@ -283,7 +283,8 @@ async def run_load(target: Target, url: str, loaders: int) -> LoadRow:
 
 def db_size(db: str) -> int:
     """Bytes the schema's tables take, with their partitions, indexes and TOAST."""
-    with psycopg.connect(db) as conn:
+    # VACUUM cannot run inside a transaction block.
+    with psycopg.connect(db, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE")  # settle the visibility map and free space map
         row = conn.execute(
             "SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c "

@@ -3,8 +3,9 @@
     .venv/bin/python bench/soak.py                                  # every scenario, 10 rounds
     .venv/bin/python bench/soak.py --rounds 2 --scenarios "service_kill or player_kill" --markdown
 
-It runs `pytest tests/faults` once (`-k PATTERN` with `--scenarios`), keeping only the
-scenarios that take the `tally` fixture (this file is also that pytest plugin, `-p soak`),
+It runs `pytest` once on the fault suite and the scenarios beside the code they break
+(SCENARIOS; `-k PATTERN` with `--scenarios`), keeping only the scenarios that take the
+`tally` fixture (this file is also that pytest plugin, `-p soak`),
 with `PLAYPROOF_FAULT_ROUNDS=N` (each scenario injects N times its usual faults, in one
 longer run), `PLAYPROOF_RELIABILITY_OUT` (a temporary JSON-lines file each scenario's tally
 is appended to) and `CI=true` (a missing service fails rather than skips). pytest's
@@ -36,7 +37,13 @@ from rich.text import Text
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = Path(__file__).resolve().parent
-FAULTS = "tests/faults"
+# The fault suite, and the scenarios that live beside what they break.
+SCENARIOS = (
+    "tests/faults",
+    "tests/stores/test_postgres_outage.py",
+    "tests/pipeline/test_cluster.py",
+    "tests/fleet/test_simulate.py",
+)
 TIMEOUT_S = 300  # pytest's per-test timeout at one round (pyproject.toml)
 HEADERS = (
     "scenario",
@@ -79,7 +86,7 @@ class Row:
 
 def run_pytest(rounds: int, pattern: str | None, out: Path) -> int:
     """Run the fault scenarios with `rounds` rounds, tallies to `out`; pytest's exit code."""
-    cmd = [sys.executable, "-m", "pytest", FAULTS, "-p", "soak", "-p", "no:cacheprovider"]
+    cmd = [sys.executable, "-m", "pytest", *SCENARIOS, "-p", "soak", "-p", "no:cacheprovider"]
     cmd += ["-q", "-rfE", f"--timeout={TIMEOUT_S * rounds}"]
     if pattern:
         cmd += ["-k", pattern]
@@ -96,12 +103,17 @@ def run_pytest(rounds: int, pattern: str | None, out: Path) -> int:
 
 
 def aggregate(out: Path) -> list[Row]:
-    """The tallies the scenarios wrote, added up per scenario (in the order they ran)."""
+    """The tallies the scenarios wrote, added up per scenario (in the order they ran).
+
+    A parametrized scenario's cases are added up under its name.
+    """
     rows: dict[str, Row] = {}
     lines = out.read_text(encoding="utf-8").splitlines() if out.exists() else []
     for line in filter(None, lines):
         tally = json.loads(line)
-        row = rows.setdefault(tally["scenario"], Row(tally["scenario"]))
+        # The cases of a parametrized scenario make one row: its runs are the cases.
+        scenario = tally["scenario"].split("[", 1)[0]
+        row = rows.setdefault(scenario, Row(scenario))
         row.runs += 1
         row.faults += int(tally["faults"])
         row.records += int(tally["records"])
@@ -123,7 +135,7 @@ def reproduce(scenario: str, rounds: int) -> str:
 def columns(row: Row, rounds: int) -> list[str]:
     """A row's cells, as text."""
     counts = (row.runs, row.faults, row.records, row.lost, row.doubled)
-    name = row.scenario.removeprefix(f"{FAULTS}/")
+    name = row.scenario.removeprefix("tests/")
     return [name, *(f"{n:,}" for n in counts), reproduce(row.scenario, rounds)]
 
 

@@ -24,7 +24,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.faults.conftest import Tally
+from tests.reliability import Tally
 from tests.server.reporting import operator_token, png
 from tests.support import ServerProcess, client, envelope, make_record, provision
 

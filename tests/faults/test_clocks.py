@@ -41,8 +41,8 @@ from playproof.fleet.simclock import real_clock
 from playproof.protocol import Record
 from playproof.rules import DEFAULT_POLICY
 from tests.device.helpers import SteeredTime, device_config, impressions, query
-from tests.faults.conftest import ROUNDS, Tally
 from tests.faults.proxy import FaultProxy
+from tests.reliability import ROUNDS, Tally
 from tests.support import ServerProcess, now_ms, provision
 
 SEED = 20_240_624

@@ -11,8 +11,8 @@ import threading
 import time
 from pathlib import Path
 
-from tests.faults.conftest import Tally
 from tests.faults.proxy import FaultProxy
+from tests.reliability import Tally
 from tests.support import ServerProcess, provision
 
 DEVICE = "scr-disk"

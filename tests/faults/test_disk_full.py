@@ -6,7 +6,7 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
-from tests.faults.conftest import Tally
+from tests.reliability import Tally
 from tests.support import ServerProcess, client, envelope, make_record, provision
 
 

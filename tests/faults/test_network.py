@@ -32,8 +32,8 @@ from typing import Any
 
 import pytest
 
-from tests.faults.conftest import ROUNDS, Tally
 from tests.faults.proxy import FaultProxy
+from tests.reliability import ROUNDS, Tally
 from tests.support import ServerProcess
 
 SEED = 20_240_623

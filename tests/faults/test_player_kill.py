@@ -28,7 +28,7 @@ from typing import Any
 
 from playproof.device.ledger import read_ledger
 from tests.device.helpers import PlayerProcess, item, write_playlist
-from tests.faults.conftest import ROUNDS, Tally
+from tests.reliability import ROUNDS, Tally
 from tests.support import ServerProcess, provision
 
 SEED = 20_240_612

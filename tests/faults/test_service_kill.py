@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from subprocess import PIPE
 
-from tests.faults.conftest import ROUNDS, Tally
+from tests.reliability import ROUNDS, Tally
 from tests.support import ServerProcess, free_port, now_ms
 
 SEED = 20_240_611

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from tests.reliability import Tally
 from tests.support import ServerProcess
 
 EVERY_FAULT = [
@@ -71,8 +72,13 @@ def query(db: Path, sql: str) -> list[tuple[Any, ...]]:
         conn.close()
 
 
-def test_every_fault_kind_ends_with_nothing_lost_and_nothing_counted_twice(run: Run) -> None:
+def test_every_fault_kind_ends_with_nothing_lost_and_nothing_counted_twice(
+    run: Run, tally: Tally
+) -> None:
     total = run.report["total"]
+    progress = run.report["run"]["progress"]
+    tally.faults = progress["crashes"] + progress["cuts"] + progress["steps"]
+    tally.add_reconciliation(run.report)
     assert run.done.returncode == 0, run.done.stdout + run.done.stderr
     assert run.report["ok"] and "CLEAN" in run.done.stdout
     assert (total["lost"], total["double"], run.report["errors"]) == (0, 0, [])

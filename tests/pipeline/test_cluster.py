@@ -30,6 +30,7 @@ from tests.faults.proxy import FaultProxy
 from tests.pipeline.conftest import pipeline_url
 from tests.pipeline.processes import LoaderProcess
 from tests.pipeline.servers import NatsCluster, require_nats_server
+from tests.reliability import Tally
 from tests.support import ServerProcess, provision
 
 pytestmark = [pytest.mark.nats, pytest.mark.postgres]
@@ -95,7 +96,7 @@ def kill_node(cluster: NatsCluster, name: str) -> None:
 
 
 async def test_killing_a_nats_node_a_loader_and_an_ingest_node_loses_and_doubles_nothing(
-    cluster: NatsCluster, pg_url: str, tmp_path: Path
+    cluster: NatsCluster, pg_url: str, tmp_path: Path, tally: Tally
 ) -> None:
     url = pipeline_url(cluster.hosts, replicas=3, partitions=3, batch=500, ack_wait="3s")
     settings = parse(url)
@@ -146,6 +147,8 @@ async def test_killing_a_nats_node_a_loader_and_an_ingest_node_loses_and_doubles
     finally:
         await store.close()
     total = result.total
+    tally.faults, tally.records = 3, total.recorded
+    tally.lost, tally.doubled = total.lost, total.double
     counts = (total.lost, total.double, total.queued, result.errors)
     assert counts == (0, 0, 0, []), result.findings[:10]
     assert result.ok, result.findings[:10]

@@ -20,6 +20,7 @@ from websockets.asyncio.client import connect
 
 from playproof.errors import StoreUnavailable
 from playproof.stores.postgres import PostgresStore
+from tests.reliability import Tally
 from tests.stores.cluster import Cluster, missing_reason
 from tests.stores.pipeline import batch, commit_one
 from tests.support import IN_CI, ServerProcess, envelope, make_record, provision
@@ -82,7 +83,7 @@ async def _until_committed(store: PostgresStore, write: object, timeout: float =
 
 
 @dataclass
-class Tally:
+class Seen:
     """What the devices saw: acknowledged keys, refusals, and when the last ack came."""
 
     acked: set[tuple[str, int]] = field(default_factory=set)
@@ -98,7 +99,7 @@ class Tally:
 
 
 async def http_device(
-    url: str, device_id: str, token: str, tally: Tally, stop: asyncio.Event
+    url: str, device_id: str, token: str, seen: Seen, stop: asyncio.Event
 ) -> None:
     """Send batches of 50; a batch without an ack is sent again, unchanged, as a device would."""
     seq = 1
@@ -115,17 +116,17 @@ async def http_device(
                 await asyncio.sleep(0.1)
                 continue
             if response.status_code == 503:
-                tally.unavailable += 1
+                seen.unavailable += 1
                 await asyncio.sleep(0.1)
                 continue
             assert response.status_code == 200, response.text
-            tally.ack(device_id, response.json()["acks"])
+            seen.ack(device_id, response.json()["acks"])
             seq += 50
             records = [make_record(device_id=device_id, seq=s) for s in range(seq, seq + 50)]
 
 
 async def stream_device(
-    url: str, device_id: str, token: str, tally: Tally, stop: asyncio.Event
+    url: str, device_id: str, token: str, seen: Seen, stop: asyncio.Event
 ) -> None:
     """Send frames of 5 over one WebSocket; an error answer means send the frame again."""
     ws_url = url.replace("http://", "ws://") + "/v1/stream"
@@ -137,10 +138,10 @@ async def stream_device(
             answer = json.loads(await ws.recv())
             assert answer["id"] == seq
             if "error" in answer:
-                tally.stream_errors += 1
+                seen.stream_errors += 1
                 await asyncio.sleep(0.1)
                 continue
-            tally.ack(device_id, answer["acks"])
+            seen.ack(device_id, answer["acks"])
             seq += 5
             records = [make_record(device_id=device_id, seq=s) for s in range(seq, seq + 5)]
 
@@ -165,28 +166,28 @@ async def wait_for(
 
 async def ride_out_a_crash(
     server: ServerProcess, cluster: Cluster, devices: list[tuple[str, str]]
-) -> Tally:
-    tally, stop = Tally(), asyncio.Event()
+) -> Seen:
+    seen, stop = Seen(), asyncio.Event()
     kinds = [http_device, stream_device]
     tasks = [
-        asyncio.create_task(kinds[i % 2](server.url, d, t, tally, stop))
+        asyncio.create_task(kinds[i % 2](server.url, d, t, seen, stop))
         for i, (d, t) in enumerate(devices)
     ]
     try:
-        await wait_for(lambda: len(tally.acked) > 500, 30, "acks before the crash")
+        await wait_for(lambda: len(seen.acked) > 500, 30, "acks before the crash")
         cluster.kill()
-        await wait_for(lambda: tally.unavailable > 0 and tally.stream_errors > 0, 30, "503s")
+        await wait_for(lambda: seen.unavailable > 0 and seen.stream_errors > 0, 30, "503s")
         assert await healthz(server.url) == 503
-        during = len(tally.acked)
+        during = len(seen.acked)
         await asyncio.sleep(1.0)
-        assert len(tally.acked) == during, "nothing may be acknowledged while the database is down"
+        assert len(seen.acked) == during, "nothing may be acknowledged while the database is down"
         cluster.start()
         await wait_for(lambda: _healthy(server.url), 60, "/healthz to recover")
-        await wait_for(lambda: len(tally.acked) > during + 500, 60, "acks after recovery")
+        await wait_for(lambda: len(seen.acked) > during + 500, 60, "acks after recovery")
     finally:
         stop.set()
         await asyncio.wait_for(asyncio.gather(*tasks), 60)
-    return tally
+    return seen
 
 
 async def _healthy(url: str) -> bool:
@@ -194,20 +195,22 @@ async def _healthy(url: str) -> bool:
 
 
 def test_serve_survives_a_database_crash_without_losing_an_acknowledged_record(
-    cluster: Cluster, tmp_path: Path
+    cluster: Cluster, tmp_path: Path, tally: Tally
 ) -> None:
     devices = [(f"scr-crash-{i}", provision(cluster.url, f"scr-crash-{i}")) for i in range(4)]
     server = ServerProcess(cluster.url, env={"PLAYPROOF_BLOB_DIR": str(tmp_path / "blobs")})
     server.start()
     try:
         pid = server.proc.pid if server.proc else None
-        tally = asyncio.run(ride_out_a_crash(server, cluster, devices))
+        seen = asyncio.run(ride_out_a_crash(server, cluster, devices))
         assert server.proc is not None and server.proc.poll() is None and server.proc.pid == pid
     finally:
         server.kill()
     with psycopg.connect(cluster.url) as conn:
         stored = set(conn.execute("SELECT device_id, seq FROM impressions").fetchall())
         keys = conn.execute("SELECT count(*) FROM impression_keys").fetchone()
-    missing = tally.acked - stored
+    missing = seen.acked - stored
+    tally.faults, tally.records = 1, len(stored | seen.acked)
+    tally.lost, tally.doubled = len(missing), abs(keys[0] - len(stored))
     assert not missing, f"{len(missing)} acknowledged records are not in the database"
     assert keys == (len(stored),)

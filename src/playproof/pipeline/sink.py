@@ -70,6 +70,7 @@ class _Item:
 
     @property
     def seq(self) -> int | None:
+        """The item's sequence: the record's, or the one read from an undecodable item."""
         return self.entry.record.seq if self.entry.record is not None else self.entry.seq
 
     def stored_ack(self) -> Ack:

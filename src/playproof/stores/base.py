@@ -325,10 +325,12 @@ class _Planner:
         self.suffixes: dict[Verdict, tuple[Any, ...]] = {}
 
     def invalid(self, item: InvalidRecord) -> Ack:
+        """Plan the audit row of an item that did not decode; its ack."""
         self.plan.rejects.append(reject_row(self.write, item, "invalid", item.error))
         return Ack(item.seq, "rejected", reason="invalid")
 
     def record(self, record: Record, verdict: Verdict) -> Ack:
+        """Plan a judged record's rows (impression or reject, sequence arrival); its ack."""
         if verdict.reason not in _UNTRACKED:
             arrival = (record.seq, record.end_ts - self.skew)
             journal = (record.device_id, record.journal_id)
