@@ -21,17 +21,16 @@ from __future__ import annotations
 
 import json
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.faults.delivery import wait_stored
 from tests.faults.proxy import FaultProxy
 from tests.reliability import ROUNDS, Tally
 from tests.support import ServerProcess
@@ -55,7 +54,6 @@ FLEET = [
 ]  # fmt: skip
 # The whole run is one module fixture, paid by whichever test comes first.
 pytestmark = pytest.mark.timeout(300 + 60 * ROUNDS)
-WAIT_S = 60.0  # the longest wait for delivery to show up (a deadline, not a speed)
 # Connections, by the request they open with.
 STREAM = "GET /v1/stream"
 BATCH = "POST /v1/impressions/batch"
@@ -71,30 +69,6 @@ class Run:
     bitten_on: dict[tuple[str, str], int]
     requests: dict[str, int]
     log: str
-
-
-def stored(db: Path) -> int:
-    """Impressions the service holds now."""
-    conn = sqlite3.connect(db, timeout=10)
-    try:
-        try:
-            return int(conn.execute("SELECT count(*) FROM impressions").fetchone()[0])
-        except sqlite3.OperationalError:
-            return 0  # the schema is not there yet
-    finally:
-        conn.close()
-
-
-def wait_for_delivery(db: Path, count: int, fleet: subprocess.Popen[str]) -> None:
-    """Poll until the service holds at least `count` impressions."""
-    deadline = time.monotonic() + WAIT_S
-    while stored(db) < count:
-        if fleet.poll() is not None:
-            out, err = fleet.communicate()
-            raise AssertionError(f"the fleet exited ({fleet.returncode}) early:\n{out}\n{err}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {count} impressions (seed {SEED})")
-        time.sleep(0.1)
 
 
 def cycle_faults(proxy: FaultProxy) -> None:
@@ -132,7 +106,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
             ]  # fmt: skip
             fleet = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             try:
-                wait_for_delivery(db, 2 * DEVICES, fleet)
+                wait_stored(db, 2 * DEVICES, f"waiting for delivery (seed {SEED})", fleet)
                 cycle_faults(proxy)
                 done = stop(fleet, timeout=DRAIN_S + 60)
             finally:

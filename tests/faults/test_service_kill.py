@@ -16,13 +16,13 @@ import json
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 from subprocess import PIPE
 
+from tests.faults.delivery import stored, wait_stored
 from tests.reliability import ROUNDS, Tally
 from tests.support import ServerProcess, free_port, now_ms
 
@@ -38,33 +38,6 @@ FLEET = [
 LIMITS = ["--limit", "device_rate=2000", "--limit", "device_burst=4000"]
 GAP_S = (1.0, 3.0)  # real seconds of delivery before a kill
 DOWN_S = (0.0, 1.5)  # real seconds the service stays dead
-WAIT_S = 60.0  # the longest wait for delivery to show up (a deadline, not a speed)
-
-
-def stored(db: Path) -> int:
-    """Impressions the service holds now (a crashed service's WAL is read as SQLite does)."""
-    if not db.exists():
-        return 0
-    conn = sqlite3.connect(db, timeout=10)
-    try:
-        try:
-            return int(conn.execute("SELECT count(*) FROM impressions").fetchone()[0])
-        except sqlite3.OperationalError:
-            return 0  # the schema is not there yet
-    finally:
-        conn.close()
-
-
-def wait_past(db: Path, count: int, what: str, fleet: subprocess.Popen[str]) -> None:
-    """Poll until the service holds more than `count`; fail saying `what` (and why, if known)."""
-    deadline = time.monotonic() + WAIT_S
-    while stored(db) <= count:
-        if fleet.poll() is not None:
-            out, err = fleet.communicate()
-            raise AssertionError(f"the fleet exited ({fleet.returncode}) {what}:\n{out}\n{err}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out {what} (seed {SEED})")
-        time.sleep(0.05)
 
 
 def test_service_sigkilled_under_a_delivering_fleet_loses_nothing_and_counts_nothing_twice(
@@ -90,7 +63,7 @@ def test_service_sigkilled_under_a_delivering_fleet_loses_nothing_and_counts_not
     fleet = subprocess.Popen(cmd, stdout=PIPE, stderr=PIPE, text=True, env=wide)
     at_kills: list[tuple[int, int]] = []  # (stored just before the kill, stored once dead)
     try:
-        wait_past(db, 0, "waiting for the first delivery", fleet)
+        wait_stored(db, 1, f"waiting for the first delivery (seed {SEED})", fleet)
         for kill in range(KILLS):
             time.sleep(rng.uniform(*GAP_S))
             before = stored(db)
@@ -99,7 +72,9 @@ def test_service_sigkilled_under_a_delivering_fleet_loses_nothing_and_counts_not
             time.sleep(rng.uniform(*DOWN_S))
             server = service()
             server.start()
-            wait_past(db, at_kills[-1][1], f"for delivery to resume after kill {kill + 1}", fleet)
+            wait_stored(
+                db, at_kills[-1][1] + 1, f"for delivery after kill {kill + 1} (seed {SEED})", fleet
+            )
         fleet.send_signal(signal.SIGINT)  # Ctrl-C: the fleet stops, drains, reconciles
         out, err = fleet.communicate(timeout=180)
         final = stored(db)
