@@ -8,6 +8,7 @@ the ones that must fail.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from tests.stores.pipeline import batch
 from tests.support import make_record, now_ms
 
 DEVICE = "scr-1"
+AGES = itertools.count(1)  # seconds
 __all__ = ["pg_url"]  # the PostgreSQL fixture, used through `store_url`
 
 
@@ -48,7 +50,12 @@ async def journal(tmp_path: Path) -> AsyncIterator[Journal]:
 
 
 async def recorded(journal: Journal, **fields: object) -> Record:
-    """A play begun and sealed in the journal (queued in its ledger)."""
+    """A play begun and sealed in the journal (queued in its ledger).
+
+    Each ends a second before the previous one unless told otherwise: two plays of one
+    content starting in the same millisecond are one play counted twice.
+    """
+    fields.setdefault("end_ts", now_ms() - 1000 * next(AGES))
     start = await journal.begin(make_record(journal_id=journal.journal_id, **fields))
     record = seal(start)
     await journal.close(record)
@@ -60,11 +67,13 @@ async def check(store: Store, journal: Journal) -> Reconciliation:
 
 
 async def test_every_outcome_is_counted_where_it_belongs(store: Store, journal: Journal) -> None:
-    valid = await recorded(journal)
-    partial = await recorded(journal, end_reason="skipped", duration_ms=2_000)
-    resent = await recorded(journal)
-    stale = await recorded(journal, end_ts=now_ms() - 5 * HOUR_MS)
-    waiting = await recorded(journal)
+    # Distinct times: one play (start and content) under two sequences counts twice.
+    now = now_ms()
+    valid = await recorded(journal, end_ts=now - 60_000)
+    partial = await recorded(journal, end_ts=now - 45_000, end_reason="skipped", duration_ms=2_000)
+    resent = await recorded(journal, end_ts=now - 30_000)
+    stale = await recorded(journal, end_ts=now - 5 * HOUR_MS)
+    waiting = await recorded(journal, end_ts=now - 15_000)
     await store.commit([batch([valid, partial, resent, stale])])
     await journal.remove(
         [valid.seq, partial.seq, resent.seq, stale.seq],
@@ -75,7 +84,7 @@ async def test_every_outcome_is_counted_where_it_belongs(store: Store, journal: 
     total = result.total
     assert (total.recorded, total.valid, total.partial, total.duplicates) == (6, 2, 1, 1)
     assert (dict(total.rejected), total.queued, total.open) == ({"stale": 1}, 1, 1)
-    assert (total.lost, total.double, total.mismatched) == (0, 0, 0)
+    assert (total.lost, total.double, total.mismatched) == (0, 0, 0), result.findings
     assert result.ok and result.devices[DEVICE].queued == 1 and waiting.seq == 5
 
 
