@@ -7,9 +7,11 @@ import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -81,19 +83,69 @@ def provision(db_url: str, device_id: str, store_id: str = "store-1") -> str:
         return pool.submit(lambda: asyncio.run(add())).result()
 
 
-class ServerProcess:
+class ChildProcess:
+    """A playproof command in a real process, its stderr followed until it says it is ready."""
+
+    GRACE_S = 20.0  # how long `stop` waits after SIGTERM before SIGKILL
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = b""
+
+    def _spawn(
+        self,
+        cmd: list[str],
+        ready: bytes,
+        what: str,
+        timeout: float,
+        env: dict[str, str] | None = None,
+    ) -> re.Match[bytes]:
+        """Start `cmd` and return the match of `ready` in its stderr; RuntimeError if it dies."""
+        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, env=env)
+        assert self.proc.stderr is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stderr.readline()
+            self.log += line
+            match = re.search(ready, line)
+            if match:
+                _drain(self.proc)
+                return match
+            if not line and self.proc.poll() is not None:
+                break
+        raise RuntimeError(f"{what} did not start: {self.log.decode(errors='replace')}")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no flush, no goodbye."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> int:
+        """SIGTERM (what is under way finishes) and wait; SIGKILL past GRACE_S; the exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(self.GRACE_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+
+class ServerProcess(ChildProcess):
     """`playproof serve` in a real process on a free port (or on `port`, to restart on it)."""
 
     def __init__(
         self, db_url: str, *extra: str, env: dict[str, str] | None = None, port: int = 0
     ) -> None:
+        super().__init__()
         self.db_url = db_url
         self.extra = extra
         self.port = port
         self.env = {**os.environ, **(env or {})}
-        self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
-        self.log = b""
 
     def start(self, timeout: float = 30.0) -> str:
         """Start the process and return its base URL once it answers /healthz."""
@@ -110,41 +162,9 @@ class ServerProcess:
             "warning",
             *self.extra,
         ]
-        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, env=self.env)
-        self.url = self._await_ready(timeout)
+        ready = self._spawn(cmd, rb"playproof serving on (http://\S+)", "server", timeout, self.env)
+        self.url = ready.group(1).decode()
         return self.url
-
-    def _await_ready(self, timeout: float) -> str:
-        assert self.proc is not None and self.proc.stderr is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            line = self.proc.stderr.readline()
-            self.log += line
-            match = re.search(rb"playproof serving on (http://\S+)", line)
-            if match:
-                _drain(self.proc)
-                return match.group(1).decode()
-            if not line and self.proc.poll() is not None:
-                break
-        raise RuntimeError(f"server did not start: {self.log.decode(errors='replace')}")
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown, no flush."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> int:
-        """SIGTERM and wait; return the exit code."""
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode
 
     def __enter__(self) -> ServerProcess:
         self.start()
@@ -185,3 +205,20 @@ def client(url: str, token: str | None = None) -> httpx.Client:
     """An HTTP client for the service, with the device token when given."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     return httpx.Client(base_url=url, headers=headers, timeout=30)
+
+
+def png(width: int = 8, height: int = 6, rgb: tuple[int, int, int] = (200, 30, 30)) -> bytes:
+    """A real, decodable PNG of one colour, written by hand (the format is simple enough)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    row = b"\x00" + bytes(rgb) * width
+    header = struct.pack(">2I5B", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(row * height))
+        + chunk(b"IEND", b"")
+    )

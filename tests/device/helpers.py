@@ -67,24 +67,6 @@ def content(expected_ms: int = 15_000, content_id: str = "cnt-1") -> Content:
     )
 
 
-def png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
-    """A solid-colour PNG, written by hand (the format is simple enough)."""
-    import struct
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    row = b"\x00" + bytes(rgb) * width
-    header = struct.pack(">2I5B", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(row * height))
-        + chunk(b"IEND", b"")
-    )
-
-
 def png_pixels(data: bytes) -> tuple[int, int, list[bytes]]:
     """Width, height and RGB rows of an 8-bit RGB PNG with filter 0 rows (as mss writes)."""
     import struct

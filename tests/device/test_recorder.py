@@ -22,7 +22,8 @@ from playproof.device.recorder import end_ts
 from playproof.errors import DeviceError
 from playproof.protocol import EndReason, checksum_ok
 from playproof.rules import HOUR_MS
-from tests.device.helpers import FixedPicture, SteeredTime, content, device_config, png
+from tests.device.helpers import FixedPicture, SteeredTime, content, device_config
+from tests.support import png
 
 
 async def open_device(

@@ -11,7 +11,8 @@ import pytest
 
 from playproof.device import Device, MssCapture, ScreenshotStore
 from tests.device.conftest import require_program
-from tests.device.helpers import content, device_config, png, png_pixels
+from tests.device.helpers import content, device_config, png_pixels
+from tests.support import png
 
 
 def paint(display: str, colour: str) -> None:

@@ -22,10 +22,9 @@ from tests.device.helpers import (
     device_config,
     eventually,
     impressions,
-    png,
     query,
 )
-from tests.support import now_ms, provision
+from tests.support import now_ms, png, provision
 
 
 @pytest.fixture

@@ -25,8 +25,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.reliability import Tally
-from tests.server.reporting import operator_token, png
-from tests.support import ServerProcess, client, envelope, make_record, provision
+from tests.server.reporting import operator_token
+from tests.support import ServerProcess, client, envelope, make_record, png, provision
 
 VICTIM = "scr-victim"
 ATTACKER = "scr-attacker"

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import signal
 import sqlite3
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
+from tests.device.helpers import PlayerProcess
 from tests.faults.proxy import FaultProxy
 from tests.reliability import Tally
 from tests.support import ServerProcess, provision
@@ -32,46 +29,13 @@ PLAYLIST = {
 }
 
 
-class Player:
-    """`playproof player` as a real process, its log read as it comes."""
-
-    def __init__(self, url: str, token: str, data_dir: Path, playlist: Path) -> None:
-        cmd = [
-            sys.executable,
-            "-m",
-            "playproof",
-            "player",
-            "--server",
-            url,
-            "--token",
-            token,
-            "--device-id",
-            DEVICE,
-            "--store-id",
-            "store-1",
-            "--data-dir",
-            str(data_dir),
-            "--playlist",
-            str(playlist),
-            "--speed",
-            "100",
-            "--no-screenshots",
-            "--capacity",
-            "1000000",
-            "--log-level",
-            "info",
-        ]
-        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE)
-        self.log: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.log.append(line.decode(errors="replace"))
-
-    def said(self, fragment: str) -> bool:
-        return any(fragment in line for line in self.log)
+def player_args(url: str, token: str, data_dir: Path, playlist: Path) -> list[str]:
+    """A fast player with a journal capacity the disk runs out before."""
+    return [
+        "--server", url, "--token", token, "--device-id", DEVICE, "--store-id", "store-1",
+        "--data-dir", str(data_dir), "--playlist", str(playlist), "--speed", "100",
+        "--no-screenshots", "--capacity", "1000000", "--log-level", "info",
+    ]  # fmt: skip
 
 
 def wait_for(condition: object, timeout: float) -> bool:
@@ -107,11 +71,9 @@ def test_a_full_device_disk_evicts_oldest_first_reports_it_and_never_crash_loops
         host, port = server.url.removeprefix("http://").split(":")
         with FaultProxy(host, int(port)) as proxy:
             proxy.set_mode("drop")  # offline: the journal can only grow
-            player = Player(proxy.url, token, small_disk / "device", playlist)
+            player = PlayerProcess(*player_args(proxy.url, token, small_disk / "device", playlist))
             try:
-                assert wait_for(lambda: player.said("evicting the oldest"), 150), "".join(
-                    player.log[-20:]
-                )
+                player.wait_for("evicting the oldest", 150)
                 time.sleep(3)  # keep recording on a full disk for a while
                 assert player.proc.poll() is None, "the player must not die on a full disk"
                 proxy.set_mode("pass")  # back online: drain and report
@@ -121,10 +83,10 @@ def test_a_full_device_disk_evicts_oldest_first_reports_it_and_never_crash_loops
                 assert wait_for(lambda: caught_up(db_url), 120)
                 assert player.proc.poll() is None
             finally:
-                player.proc.send_signal(signal.SIGTERM)
-                player.proc.wait(30)
-    assert player.proc.returncode == 0, "".join(player.log[-20:])
-    assert not player.said("NOT RECORDED"), "every play must be recorded while the disk is full"
+                code = player.terminate(30)
+    log = player.log()
+    assert code == 0, log[-4000:]
+    assert "NOT RECORDED" not in log, "every play must be recorded while the disk is full"
     evicted = {
         s
         for a, b in query(db_url, "SELECT first_seq, last_seq FROM evictions WHERE device_id = ?")

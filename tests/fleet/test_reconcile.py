@@ -18,26 +18,12 @@ from playproof.device.journal import Journal
 from playproof.fleet.reconcile import Reconciliation, reconcile
 from playproof.protocol import Record, seal
 from playproof.rules import HOUR_MS, MINUTE_MS
-from playproof.stores import open_store
 from playproof.stores.base import Store
-from tests.stores.conftest import STORES, pg_url, store_url
 from tests.stores.pipeline import batch
 from tests.support import make_record, now_ms
 
 DEVICE = "scr-1"
 AGES = itertools.count(1)  # seconds
-__all__ = ["pg_url"]  # the PostgreSQL fixture, used through `store_url`
-
-
-@pytest.fixture(params=STORES)
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    """The service's store, SQLite and PostgreSQL alike."""
-    opened = open_store(store_url(request.param, tmp_path, request), tmp_path / "blobs")
-    await opened.open()
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 @pytest.fixture

@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import os
-import re
-import signal
-import subprocess
 import sys
 import time
 
 import psycopg
 
-from tests.support import _drain
+from tests.support import ChildProcess
 
 
-class LoaderProcess:
+class LoaderProcess(ChildProcess):
     """`playproof load --pipeline URL --db URL` in a real process."""
 
+    GRACE_S = 30.0  # SIGTERM lets the batch under way finish
+
     def __init__(self, db_url: str, pipeline: str, *extra: str) -> None:
+        super().__init__()
         self.cmd = [
             sys.executable,
             "-m",
@@ -31,41 +30,11 @@ class LoaderProcess:
             "warning",
             *extra,
         ]
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log = b""
 
     def start(self, timeout: float = 30.0) -> LoaderProcess:
         """Start the loader and return once it has bound its consumers."""
-        self.proc = subprocess.Popen(self.cmd, stderr=subprocess.PIPE, env=dict(os.environ))
-        assert self.proc.stderr is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            line = self.proc.stderr.readline()
-            self.log += line
-            if re.search(rb"playproof loading partitions", line):
-                _drain(self.proc)
-                return self
-            if not line and self.proc.poll() is not None:
-                break
-        raise RuntimeError(f"loader did not start: {self.log.decode(errors='replace')}")
-
-    def kill(self) -> None:
-        """SIGKILL: mid-batch, no ack, no goodbye."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> int:
-        """SIGTERM (the batch under way finishes) and wait; the exit code."""
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode
+        self._spawn(self.cmd, rb"playproof loading partitions", "loader", timeout)
+        return self
 
 
 def impressions(db_url: str) -> int:

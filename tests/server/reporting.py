@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import struct
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -24,23 +22,6 @@ def operator_token(db_url: str, name: str) -> str:
 
     with ThreadPoolExecutor(1) as pool:
         return pool.submit(lambda: asyncio.run(add())).result()
-
-
-def png(width: int = 8, height: int = 6, rgb: tuple[int, int, int] = (200, 30, 30)) -> bytes:
-    """A real, decodable PNG of one colour."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    row = b"\x00" + bytes(rgb) * width
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(row * height))
-        + chunk(b"IEND", b"")
-    )
 
 
 def upload_png(server: ServerProcess, token: str, image: bytes) -> str:

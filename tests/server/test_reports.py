@@ -17,8 +17,8 @@ import pytest
 
 from playproof.rules import HOUR_MS, MINUTE_MS
 from playproof.server.formats import rfc3339
-from tests.server.reporting import operator_token, png, post_records, upload_png
-from tests.support import ServerProcess, client, make_record, now_ms, provision
+from tests.server.reporting import operator_token, post_records, upload_png
+from tests.support import ServerProcess, client, make_record, now_ms, png, provision
 
 _ids = count(1)
 
