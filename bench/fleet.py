@@ -88,7 +88,7 @@ def children(pid: int) -> list[int]:
 
 
 def ack_buckets(url: str) -> dict[float, float]:
-    """The service's stream ack latency histogram: cumulative counts by upper bound."""
+    """The service's stream ack latency histogram (from its `--metrics-listen` address)."""
     text = httpx.get(f"{url}/metrics", timeout=10).text
     return {float(le): float(n) for le, n in BUCKET.findall(text)}
 
@@ -153,7 +153,7 @@ class Watch:
         """CPU seconds of the simulator and its workers."""
         return sum(cpu_seconds(p) for p in children(self.sim_pid)) + cpu_seconds(self.sim_pid)
 
-    def run(self, url: str) -> None:
+    def run(self, metrics_url: str) -> None:
         """Sample until told to stop."""
         while not self.stop.wait(1.0):
             bounds, now = self.window.bounds(), time.time()
@@ -162,14 +162,14 @@ class Watch:
             if "start" not in self.cpu:
                 self.cpu["start"], self.cpu["at"] = cpu_seconds(self.service_pid), now
                 self.cpu["sim_start"] = self.sim_cpu()
-                self.buckets["start"] = ack_buckets(url)
+                self.buckets["start"] = ack_buckets(metrics_url)
             self.service_rss.append(rss_kib(self.service_pid))
             self.sim_rss.append(sum(rss_kib(p) for p in children(self.sim_pid)))
             if now >= bounds[1]:
                 self.cpu["end"] = cpu_seconds(self.service_pid)
                 self.cpu["sim_end"] = self.sim_cpu()
                 self.cpu["seconds"] = now - self.cpu["at"]
-                self.buckets["end"] = ack_buckets(url)
+                self.buckets["end"] = ack_buckets(metrics_url)
 
 
 # --- the fleet, seen from its reports ----------------------------------------------
@@ -218,7 +218,7 @@ def run_size(
 ) -> dict[str, Any]:
     """Run one fleet size against a fresh service; its figures."""
     db = args.db or f"sqlite:///{folder / 'playproof.db'}"
-    service = ServiceProcess(db, 0, folder / "service.log")
+    service = ServiceProcess(db, 0, folder / "service.log", "--metrics-listen", "127.0.0.1:0")
     url = service.start()
     ramp = max(5.0, size / 250)
     # Opening thousands of screens can take longer than planned on a busy machine:
@@ -238,7 +238,7 @@ def run_size(
     window = Window(size, args.settle, args.window)
     samples = Samples(window)
     watch = Watch(service.pid, _self_pid(), window)
-    watcher = threading.Thread(target=watch.run, args=(url,), daemon=True)
+    watcher = threading.Thread(target=watch.run, args=(service.metrics_url,), daemon=True)
     watcher.start()
     try:
         result = simulator.run(

@@ -13,13 +13,18 @@ if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]} for the test suite" >&2
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
   export DEBIAN_FRONTEND=noninteractive
+  # Packaged daemons must not start during the install (chrony's would discipline the
+  # machine clock; the tests start their own with -x): Debian's policy-rc.d tells
+  # invoke-rc.d so. Ours only if there is none, and removed afterwards.
+  policy=/usr/sbin/policy-rc.d
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\n# playproof system-deps: no daemon starts during the install\nexit 101\n' \
+      | $SUDO tee "$policy" >/dev/null
+    $SUDO chmod +x "$policy"
+    trap '$SUDO rm -f "$policy"' EXIT
+  fi
   $SUDO apt-get install -y -q "${need[@]}" >/dev/null 2>&1 || {
     $SUDO apt-get update -q >/dev/null 2>&1
     $SUDO apt-get install -y -q "${need[@]}" >/dev/null
   }
-  # chrony's package starts a daemon that would discipline the machine clock; the tests
-  # start their own with -x, so stop the packaged one.
-  if [[ " ${need[*]} " == *" chrony "* ]]; then
-    $SUDO pkill -x chronyd >/dev/null 2>&1 || true
-  fi
 fi

@@ -35,6 +35,22 @@ def test_file_then_environment_then_flags_each_override_the_last(tmp_path: Path)
     assert policy.skew_flag_ms == 3000
 
 
+def test_the_bounds_on_durations_and_timestamps_are_settings_like_the_others() -> None:
+    defaults = load_policy(env={})
+    assert (defaults.max_duration_ms, defaults.min_timestamp_ms, defaults.max_timestamp_ms) == (
+        24 * HOUR_MS,
+        946_684_800_000,  # 2000-01-01T00:00:00Z
+        4_102_444_800_000,  # 2100-01-01T00:00:00Z
+    )
+    env = {"PLAYPROOF_RULES_MIN_TIMESTAMP_MS": "1000"}
+    policy = load_policy(None, ["max_duration_ms=3600000", "max_timestamp_ms=2000"], env=env)
+    assert (policy.max_duration_ms, policy.min_timestamp_ms, policy.max_timestamp_ms) == (
+        HOUR_MS,
+        1000,
+        2000,
+    )
+
+
 def test_the_config_file_can_come_from_the_environment(tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
     config.write_text("[rules]\nstale_unused = 1\n")
@@ -51,6 +67,9 @@ def test_the_config_file_can_come_from_the_environment(tmp_path: Path) -> None:
         ([], {"PLAYPROOF_RULES_VALID_PERCENT": "150"}, "valid_percent"),
         (["skew_flag_ms=5000000"], {}, "skew_flag_ms"),
         (["penalty_overlong=-1"], {}, "penalty_overlong"),
+        (["max_duration_ms=0"], {}, "max_duration_ms"),
+        (["max_duration_ms=86400001"], {}, "max_duration_ms"),
+        (["min_timestamp_ms=5000000000000"], {}, "min_timestamp_ms"),
     ],
 )
 def test_bad_settings_are_refused_naming_the_setting(

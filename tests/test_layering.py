@@ -15,12 +15,37 @@ ALLOWED = {
     "protocol": {"errors"},
     "rules": {"errors", "protocol"},
     "config": {"errors", "protocol", "rules"},
-    "stores": {"errors", "protocol", "rules", "stores"},
+    # The pure core of verification, beside the rules: no I/O, nothing above it.
+    "catalog": {"errors", "protocol"},
+    "imaging": {"errors"},
+    "verification": {"errors", "rules", "catalog", "imaging"},
+    "stores": {"errors", "protocol", "rules", "catalog", "verification", "stores"},
     "device": {"errors", "protocol", "rules", "config", "device"},
-    "server": {"errors", "protocol", "rules", "config", "stores", "server", "pipeline"},
+    "server": {
+        "errors",
+        "protocol",
+        "rules",
+        "config",
+        "catalog",
+        "imaging",
+        "verification",
+        "stores",
+        "server",
+        "pipeline",
+    },
     "pipeline": {"errors", "protocol", "rules", "stores", "pipeline"},
     # An outer layer, like the CLI: it drives the SDK against a service and reads both sides.
-    "fleet": {"errors", "protocol", "rules", "config", "device", "server", "stores", "fleet"},
+    "fleet": {
+        "errors",
+        "protocol",
+        "rules",
+        "config",
+        "catalog",
+        "device",
+        "server",
+        "stores",
+        "fleet",
+    },
 }
 
 

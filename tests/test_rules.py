@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from hypothesis import given
+import pytest
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from playproof.rules import (
@@ -108,7 +109,91 @@ def test_staleness_is_sent_at_minus_end_past_exactly_4_hours(age: int, skew: int
 
 
 def test_start_after_end_is_invalid() -> None:
-    assert judge(make_record(start_ts=NOW - 10, end_ts=NOW - 20), ctx()).reason == "invalid"
+    verdict = judge(make_record(start_ts=NOW - 10, end_ts=NOW - 20), ctx())
+    assert verdict.reason == "invalid"
+    assert verdict.detail == f"expected start_ts at most end_ts, got {NOW - 10} > {NOW - 20}"
+
+
+# --- bounds: one device must not be able to overflow everyone's sums ------------------
+
+DAY_MS = 24 * HOUR_MS
+MAX_INT = 2**53 - 1
+EARLIEST = 946_684_800_000  # 2000-01-01T00:00:00Z
+LATEST = 4_102_444_800_000  # 2100-01-01T00:00:00Z
+
+
+@given(
+    field=st.sampled_from(["duration_ms", "expected_ms"]),
+    value=st.integers(min_value=DAY_MS + 1, max_value=MAX_INT),
+)
+@example(field="duration_ms", value=MAX_INT)
+@example(field="expected_ms", value=DAY_MS + 1)
+def test_a_duration_or_expected_length_past_24_hours_is_invalid_saying_so(
+    field: str, value: int
+) -> None:
+    verdict = judge(make_record(end_ts=NOW - 1000, **{field: value}), ctx())
+    assert verdict.reason == "invalid"
+    assert verdict.detail == f"expected {field} of at most 86400000, got {value}"
+
+
+@given(duration=st.integers(0, DAY_MS), expected=st.integers(1, DAY_MS))
+@example(duration=DAY_MS, expected=DAY_MS)
+def test_durations_and_expected_lengths_up_to_24_hours_are_accepted(
+    duration: int, expected: int
+) -> None:
+    record = make_record(end_ts=NOW - 1000, duration_ms=duration, expected_ms=expected)
+    assert judge(record, ctx()).accepted
+
+
+near_bounds = (
+    st.integers(EARLIEST - 2 * DAY_MS, EARLIEST + DAY_MS)
+    | st.integers(LATEST - 2 * DAY_MS, LATEST + DAY_MS)
+    | st.integers(1, MAX_INT - DAY_MS)
+)
+
+
+@given(start=near_bounds, length=st.integers(0, DAY_MS))
+@example(start=EARLIEST, length=0)
+@example(start=EARLIEST - 1, length=5)
+@example(start=LATEST - 10, length=10)
+@example(start=LATEST - 10, length=11)
+def test_a_play_outside_2000_to_2100_is_invalid_saying_which_time(start: int, length: int) -> None:
+    end = start + length
+    # Sent as it ended, so that only the bounds can refuse it.
+    verdict = judge(make_record(start_ts=start, end_ts=end), ctx(sent_at=end, received_at=end))
+    if start >= EARLIEST and end <= LATEST:
+        assert verdict.accepted
+        return
+    assert verdict.reason == "invalid"
+    name, value = ("end_ts", end) if EARLIEST <= start <= LATEST else ("start_ts", start)
+    assert verdict.detail == f"expected {name} between {EARLIEST} and {LATEST}, got {value}"
+
+
+def test_the_bounds_are_policy_and_come_after_forbidden_before_the_clock_rules() -> None:
+    hour = make_record(end_ts=NOW - 1000, duration_ms=HOUR_MS, expected_ms=HOUR_MS)
+    strict = Policy(max_duration_ms=HOUR_MS - 1, min_timestamp_ms=NOW, max_timestamp_ms=NOW + 1)
+    assert judge(hour, ctx()).accepted
+    assert judge(hour, ctx(), strict).detail == (
+        f"expected duration_ms of at most {HOUR_MS - 1}, got {HOUR_MS}"
+    )
+    early = make_record(end_ts=NOW - 1000)
+    assert judge(early, ctx(), strict).detail.startswith(f"expected start_ts between {NOW} and")
+    huge = make_record(end_ts=NOW - 1000, duration_ms=MAX_INT)
+    assert judge(huge, Context("scr-2", "store-1", NOW, NOW)).reason == "forbidden"
+    skewed = judge(huge, ctx(sent_at=NOW + HOUR_MS))
+    assert (skewed.reason, skewed.detail) == (
+        "invalid",
+        f"expected duration_ms of at most {DAY_MS}, got {MAX_INT}",
+    )
+
+
+def test_a_policy_may_lower_the_duration_bound_but_not_raise_it_past_24_hours() -> None:
+    assert Policy(max_duration_ms=1).max_duration_ms == 1
+    for bad in (0, DAY_MS + 1):
+        with pytest.raises(ValueError, match=r"max_duration_ms must be in 1\.\.86400000"):
+            Policy(max_duration_ms=bad)
+    with pytest.raises(ValueError, match="min_timestamp_ms < max_timestamp_ms"):
+        Policy(min_timestamp_ms=LATEST, max_timestamp_ms=LATEST)
 
 
 def test_a_record_for_another_device_is_forbidden() -> None:

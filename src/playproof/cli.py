@@ -34,8 +34,10 @@ app.add_typer(devices, name="devices")
 app.add_typer(db, name="db")
 operators = typer.Typer(help="Register, list and revoke operators.", no_args_is_help=True)
 report = typer.Typer(help="Delivery, rejects and device reports.", no_args_is_help=True)
+rejects = typer.Typer(help="Rejected records: judge them again.", no_args_is_help=True)
 app.add_typer(operators, name="operators")
 app.add_typer(report, name="report")
+app.add_typer(rejects, name="rejects")
 
 err = Console(stderr=True)
 
@@ -105,9 +107,19 @@ def serve(
         ),
     ] = None,
     pipeline: PipelineOption = None,
+    metrics_listen: Annotated[
+        str | None,
+        typer.Option(
+            "--metrics-listen",
+            envvar="PLAYPROOF_METRICS_LISTEN",
+            help="HOST:PORT of a second listener serving /metrics without a token: "
+            "bind it to a private address only (else /metrics needs an operator token).",
+        ),
+    ] = None,
 ) -> None:
     """Run the ingest service."""
     from playproof.fleet.simclock import service_clock
+    from playproof.server.runner import parse_listen
     from playproof.server.runner import serve as serve_forever
     from playproof.server.service import Service
     from playproof.stores import open_store
@@ -121,13 +133,11 @@ def serve(
         limits = load_limits(config, limit or [])
         clock = service_clock(sim_clock)
         sink = _pipeline(pipeline, policy)
+        metrics = None if metrics_listen is None else parse_listen(metrics_listen)
         service = Service(open_store(db_url), policy, limits=limits, pipeline=sink, **clock)
+        serve_forever(service, host, port, log_level, metrics_listen=metrics)
     except PlayproofError as exc:
         raise fail(str(exc)) from None
-    try:
-        serve_forever(service, host, port, log_level)
-    except OSError as exc:
-        raise fail(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
 def _pipeline(url: str | None, policy: Policy) -> Pipeline | None:
@@ -578,6 +588,36 @@ def report_devices(
             return reports.device_table(views)
 
     _print_table(run(build), as_csv)
+
+
+@rejects.command("replay")
+def rejects_replay(
+    reason: Annotated[str, typer.Option("--reason", help="Replay the rejects of this reason.")],
+    since: Annotated[
+        str, typer.Option("--since", help="Received since: RFC 3339, or a date (UTC midnight).")
+    ],
+    db_url: DbOption = DEFAULT_URL,
+    config: ConfigOption = None,
+    rule: RuleOption = None,
+) -> None:
+    """Judge rejected records again with today's code and rules (the day a bug is fixed).
+
+    Each is judged as it was when it arrived (its batch's times, the device's store);
+    the reject stays for audit, marked with what the record became. Safe to run twice.
+    """
+    from playproof.server import admin, params, replay
+    from playproof.server.ingest import wall_clock_ms
+
+    async def go() -> Any:
+        policy = load_policy(config, rule or [])
+        start = params.parse_time("--since", since)
+        async with admin.opened(db_url) as store:
+            return await replay.replay(store, reason, start, policy, wall_clock_ms())
+
+    counts = run(go)
+    for outcome, n in sorted(counts.items()):
+        print(f"{outcome}\t{n}")
+    err.print(f"replayed {sum(counts.values())} rejects of reason {reason!r}")
 
 
 def _when(ms: int | None) -> str:

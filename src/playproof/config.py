@@ -37,6 +37,13 @@ class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     stream_connections_per_device: Annotated[int, Meta(ge=1)] = 4
     stream_idle_s: Annotated[float, Meta(gt=0)] = 300.0
     body_timeout_s: Annotated[float, Meta(gt=0)] = 30.0
+    # The open-gaps gauge is counted in the store at most this often, in the background:
+    # a flood of /metrics scrapes costs the store nothing.
+    metrics_refresh_s: Annotated[float, Meta(gt=0)] = 15.0
+    # The verifier decides a screen's plays only once they were received this long ago,
+    # so that every earlier commit for that screen has landed; at most this many a turn.
+    verify_settle_ms: Annotated[int, Meta(ge=0)] = 5_000
+    verify_batch: Annotated[int, Meta(ge=1)] = 200
 
 
 def _table_from_file(path: Path | None, table: str = "rules") -> dict[str, Any]:

@@ -28,6 +28,10 @@ class RecordError(ProtocolError):
     """One record is malformed; it is rejected as `invalid`, the batch goes on."""
 
 
+class CatalogError(ProtocolError):
+    """A catalog document or import is wrong; the message names the entry and the field."""
+
+
 class TooLarge(ProtocolError):
     """A body is over the batch limits (HTTP 413)."""
 
@@ -74,6 +78,14 @@ class StoreError(PlayproofError):
 
 class StoreUnavailable(StoreError):
     """The store cannot commit now; nothing was acknowledged (HTTP 503)."""
+
+
+class StoreDataError(StoreError):
+    """The store refused the values it was given (a constraint, a number out of range).
+
+    The committer retries such a commit batch by batch, then record by record;
+    a record that fails alone with one is rejected as `invalid`, the error kept.
+    """
 
 
 class SchemaMismatch(StoreError):

@@ -12,10 +12,18 @@ from typing import Final, NamedTuple
 
 import msgspec
 
-from playproof.protocol import Record
+from playproof.protocol import InvalidRecord, Record, checksum_ok
 
 MINUTE_MS: Final = 60_000
 HOUR_MS: Final = 60 * MINUTE_MS
+# The longest play the rollups count (stores clamp each play's duration to it, and
+# migration 0003 did the same to what was stored before): a sum of plays can then
+# never overflow a 64-bit column. A policy may lower the bound on durations, never
+# raise it past this, or reports would count less than the rows hold.
+DURATION_CEILING_MS: Final = 24 * HOUR_MS
+# 2000-01-01T00:00:00Z and 2100-01-01T00:00:00Z: no real play lies outside them.
+EARLIEST_TS_MS: Final = 946_684_800_000
+LATEST_TS_MS: Final = 4_102_444_800_000
 
 FLAG_CLOCK_SKEW: Final = "clock_skew"
 FLAG_CLOCK_UNSYNCED: Final = "clock_unsynced"
@@ -29,6 +37,18 @@ FLAGS: Final = (
     FLAG_OVERLONG,
     FLAG_STORE_MISMATCH,
 )
+
+
+# Rejects whose key (device, journal, seq) cannot be trusted: a forbidden record
+# names another device and a bad checksum makes the key itself doubtful. They
+# never move anyone's sequence state nor hold a sequence place. (Protocol
+# version 2 adds `bad_signature` here.)
+UNTRUSTED_KEY_REASONS: Final = ("forbidden", "bad_checksum")
+
+
+def key_trusted(verdict_reason: str | None) -> bool:
+    """Whether a record with this verdict may move its journal's sequence state."""
+    return verdict_reason not in UNTRUSTED_KEY_REASONS
 
 
 class Policy(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -48,11 +68,31 @@ class Policy(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     penalty_duration_mismatch: int = 20
     penalty_overlong: int = 10
     penalty_store_mismatch: int = 20
+    # Verification: how long a required screenshot a record names may take to arrive
+    # (from the record's received_at), and how many bits of perceptual hash a
+    # screenshot may differ from its content's reference images.
+    screenshot_grace_ms: int = HOUR_MS
+    match_threshold: int = 10
+    # Bounds past which a record is `invalid`: duration_ms and expected_ms at most
+    # max_duration_ms; start_ts and end_ts within [min_timestamp_ms, max_timestamp_ms].
+    max_duration_ms: int = DURATION_CEILING_MS
+    min_timestamp_ms: int = EARLIEST_TS_MS
+    max_timestamp_ms: int = LATEST_TS_MS
 
     def __post_init__(self) -> None:
         """Refuse thresholds that make the rules meaningless."""
         if not 0 < self.valid_percent <= 100:
             raise ValueError(f"valid_percent must be in 1..100, got {self.valid_percent}")
+        if not 0 < self.max_duration_ms <= DURATION_CEILING_MS:
+            raise ValueError(
+                f"max_duration_ms must be in 1..{DURATION_CEILING_MS} (24 h, what the "
+                f"rollups count of one play), got {self.max_duration_ms}"
+            )
+        if not self.min_timestamp_ms < self.max_timestamp_ms:
+            raise ValueError(
+                f"need min_timestamp_ms < max_timestamp_ms, got "
+                f"{self.min_timestamp_ms} and {self.max_timestamp_ms}"
+            )
         if not 0 <= self.skew_flag_ms <= self.skew_reject_ms:
             raise ValueError(
                 f"need 0 <= skew_flag_ms <= skew_reject_ms, got "
@@ -87,6 +127,8 @@ class Verdict(NamedTuple):
     status: str | None = None
     quality: int = 0
     flags: tuple[str, ...] = ()
+    # What exactly was wrong, kept with the reject for audit ("" when the reason says it all).
+    detail: str = ""
 
     @property
     def accepted(self) -> bool:
@@ -94,9 +136,9 @@ class Verdict(NamedTuple):
         return self.reason is None
 
 
-def reject(reason: str) -> Verdict:
-    """A verdict that rejects with `reason`."""
-    return Verdict(reason)
+def reject(reason: str, detail: str = "") -> Verdict:
+    """A verdict that rejects with `reason`, and what exactly was wrong."""
+    return Verdict(reason, detail=detail)
 
 
 def play_status(record: Record, policy: Policy = DEFAULT_POLICY) -> str:
@@ -140,6 +182,8 @@ class Judge:
         self._skew_flags: tuple[str, ...] = (FLAG_CLOCK_SKEW,) if band == "flag" else ()
         self._future_after = ctx.sent_at + policy.future_tolerance_ms
         self._stale_before = ctx.sent_at - policy.offline_limit_ms
+        self._earliest, self._latest = policy.min_timestamp_ms, policy.max_timestamp_ms
+        self._longest = policy.max_duration_ms
         self._verdicts: dict[tuple[str, tuple[str, ...]], Verdict] = {}
 
     def flags(self, record: Record) -> tuple[str, ...]:
@@ -161,8 +205,14 @@ class Judge:
         """Apply PROTOCOL.md section 5 to one record whose checksum has been verified."""
         if record.device_id != self.ctx.device_id:
             return reject("forbidden")
-        if record.start_ts > record.end_ts:
-            return reject("invalid")
+        # One chained test on the hot path; the details are worked out only for the few
+        # records that fail it.
+        if not (
+            self._earliest <= record.start_ts <= record.end_ts <= self._latest
+            and record.duration_ms <= self._longest
+            and record.expected_ms <= self._longest
+        ):
+            return self._invalid(record)
         if self._skew_rejected:
             return reject("clock_skew")
         if record.end_ts > self._future_after:
@@ -177,10 +227,37 @@ class Judge:
             )
         return verdict
 
+    def _invalid(self, record: Record) -> Verdict:
+        """`invalid`, saying which value is out of range, or that the play ends before it starts."""
+        longest, earliest, latest = self._longest, self._earliest, self._latest
+        for name in ("duration_ms", "expected_ms"):
+            value = getattr(record, name)
+            if value > longest:
+                return reject("invalid", f"expected {name} of at most {longest}, got {value}")
+        for name in ("start_ts", "end_ts"):
+            value = getattr(record, name)
+            if not earliest <= value <= latest:
+                return reject(
+                    "invalid", f"expected {name} between {earliest} and {latest}, got {value}"
+                )
+        return reject(
+            "invalid",
+            f"expected start_ts at most end_ts, got {record.start_ts} > {record.end_ts}",
+        )
+
 
 def judge(record: Record, ctx: Context, policy: Policy = DEFAULT_POLICY) -> Verdict:
     """Apply PROTOCOL.md section 5 to one record whose checksum has been verified."""
     return Judge(ctx, policy)(record)
+
+
+def judge_item(item: Record | InvalidRecord, rules: Judge) -> Verdict:
+    """The verdict on one decoded item: undecodable, then its checksum, then the rules."""
+    if isinstance(item, InvalidRecord):
+        return reject("invalid")
+    if not checksum_ok(item):
+        return reject("bad_checksum")
+    return rules(item)
 
 
 # --- sequence gaps ---------------------------------------------------------

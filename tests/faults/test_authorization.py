@@ -66,6 +66,7 @@ OPERATOR_ROUTES = (
     "/v1/devices",
     f"/v1/devices/{VICTIM}",
     "/v1/live",
+    "/metrics",
 )
 # An operator route refuses a missing or unknown token (401), a device's or a
 # revoked operator's (403).

@@ -144,7 +144,11 @@ def test_reconcile_fails_when_an_impression_appears_that_no_device_recorded(run:
     damaged = copy_of(run, "phantom.db")
     conn = sqlite3.connect(damaged)
     conn.execute(
-        "INSERT INTO impressions SELECT device_id, journal_id, seq + 100000, campaign_id, "
+        "INSERT INTO impressions (device_id, journal_id, seq, campaign_id, ad_group_id, "
+        "content_id, store_id, supplier_id, start_ts, end_ts, duration_ms, expected_ms, "
+        "end_reason, clock_offset_ms, clock_synced, screenshot_sha256, screenshot_at_ms, "
+        "checksum, status, quality, flags, verification, received_at, skew_ms) "
+        "SELECT device_id, journal_id, seq + 100000, campaign_id, "
         "ad_group_id, content_id, store_id, supplier_id, start_ts + 1, end_ts + 1, duration_ms, "
         "expected_ms, end_reason, clock_offset_ms, clock_synced, screenshot_sha256, "
         "screenshot_at_ms, checksum, status, quality, flags, verification, received_at, skew_ms "

@@ -192,3 +192,35 @@ async def test_many_connections_at_once_are_each_acknowledged(server: ServerProc
 
     results = await asyncio.gather(*(one(d, t) for d, t in devices))
     assert all(r == ["accepted"] * 5 for r in results)
+
+
+async def _refused_on_open_stream(server: ServerProcess, device_id: str, action: str) -> int:
+    """Open a stream, commit a frame, change the token, then send another frame."""
+    from playproof.server import admin
+
+    token = provision(server.db_url, device_id, "store-1")
+    async with connect(ws_url(server), additional_headers=headers(token)) as ws:
+        await ws.send(frame(1, device_id, [1]))
+        assert (await recv_json(ws))["acks"][0]["result"] == "accepted"
+        async with admin.opened(server.db_url) as store:
+            if action == "revoke":
+                await admin.revoke_device(store, device_id)
+            else:
+                await admin.rotate_device(store, device_id)
+        await asyncio.sleep(2.1)  # the service caches token lookups for 2 s
+        await ws.send(frame(2, device_id, [2]))
+        with pytest.raises(ConnectionClosed) as closed:
+            await recv_json(ws)
+    assert stored(server, device_id) == [1], "the frame after the change is not committed"
+    assert closed.value.rcvd is not None
+    return closed.value.rcvd.code
+
+
+async def test_a_revocation_reaches_a_stream_opened_before_it(server: ServerProcess) -> None:
+    """The next frame after the cache time is refused and the connection closed 4403."""
+    assert await _refused_on_open_stream(server, "scr-ws-revoked-open", "revoke") == 4403
+
+
+async def test_a_rotation_reaches_a_stream_opened_before_it(server: ServerProcess) -> None:
+    """The old token stops working on an open connection: closed 4401."""
+    assert await _refused_on_open_stream(server, "scr-ws-rotated-open", "rotate") == 4401

@@ -6,8 +6,8 @@ import json
 from typing import Any
 
 from playproof import protocol
-from playproof.protocol import Ack, InvalidRecord, Record
-from playproof.rules import Context, judge, reject
+from playproof.protocol import Ack, Record
+from playproof.rules import Context, Judge, judge_item
 from playproof.stores.base import BatchWrite, Judged, Store
 from tests.support import now_ms
 
@@ -22,14 +22,6 @@ def tampered(record: Record, **changes: Any) -> Record:
     for name, value in changes.items():
         setattr(record, name, value)
     return record
-
-
-def _judge(item: Record | InvalidRecord, ctx: Context) -> Judged:
-    if isinstance(item, InvalidRecord):
-        return Judged(item, reject("invalid"))
-    if not protocol.checksum_ok(item):
-        return Judged(item, reject("bad_checksum"))
-    return Judged(item, judge(item, ctx))
 
 
 def batch(
@@ -54,8 +46,9 @@ def batch(
         }
     ).encode()
     decoded = protocol.decode_batch(body)
-    ctx = Context(device_id, store_id, decoded.sent_at, received)
-    return BatchWrite(device_id, decoded.sent_at, received, [_judge(i, ctx) for i in decoded.items])
+    rules = Judge(Context(device_id, store_id, decoded.sent_at, received))
+    judged = [Judged(i, judge_item(i, rules)) for i in decoded.items]
+    return BatchWrite(device_id, decoded.sent_at, received, judged)
 
 
 def brief(ack: Ack) -> tuple[Any, ...]:

@@ -213,9 +213,10 @@ async def test_day_partitions_are_ready_ahead_and_made_on_demand(
         )
         assert {(partition_name(d),) for d in range(today - 1, today + 4)} <= made
         # A long play that started two days ago is accepted (with a flag): its day
-        # gets a partition on demand; one that claims to be from 1970 lands in the default.
+        # gets a partition on demand; one that claims to be from 2000 (the earliest time
+        # the rules accept) lands in the default.
         long_play = make_record(seq=1, start_ts=now - 2 * DAY_MS)
-        ancient = make_record(seq=2, start_ts=1_000)
+        ancient = make_record(seq=2, start_ts=946_684_800_000)
         acks = await commit_one(store, batch([long_play, ancient, make_record(seq=3)]))
         assert [a[1] for a in acks] == ["accepted"] * 3
     finally:

@@ -268,12 +268,25 @@ async def test_upgrading_a_version_1_database_builds_the_rollups_from_its_rows(
 
 
 async def _back_to_version_1(url: str) -> None:
-    """Drop what migration 2 made, as if the database had never had it."""
+    """Drop what migrations 2 and later made, as if the database had never had it."""
     drops = [
         "DROP TABLE operators",
         "DROP TABLE rollup_content",
         "DROP TABLE rollup_device",
         "DROP INDEX impressions_start",
+        "DROP INDEX rejects_reason",
+        "ALTER TABLE rejects DROP COLUMN replayed_at",
+        "ALTER TABLE rejects DROP COLUMN replay_result",
+        "DROP TABLE catalog_entries",
+        "DROP TABLE catalog_changes",
+        "DROP TABLE content_references",
+        "DROP TABLE screenshot_facts",
+        "DROP TABLE verification_log",
+        "DROP TABLE rollup_verification",
+        "DROP INDEX impressions_pending",
+        "DROP INDEX IF EXISTS impressions_device_start",
+        "ALTER TABLE impressions DROP COLUMN verification_reasons",
+        "ALTER TABLE impressions DROP COLUMN verified_at",
     ]
     if url.startswith("sqlite"):
         import sqlite3
@@ -285,7 +298,7 @@ async def _back_to_version_1(url: str) -> None:
     import psycopg
 
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        for sql in [*drops, "DELETE FROM schema_version WHERE version = 2"]:
+        for sql in [*drops, "DELETE FROM schema_version WHERE version >= 2"]:
             await conn.execute(sql.encode())
 
 

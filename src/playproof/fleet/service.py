@@ -21,6 +21,7 @@ from typing import Final
 from playproof.errors import ConfigError
 
 READY: Final = re.compile(rb"playproof serving on (http://\S+)")
+METRICS: Final = re.compile(rb"playproof metrics on (http://\S+)")  # with --metrics-listen
 PR_SET_PDEATHSIG: Final = 1
 
 
@@ -42,6 +43,7 @@ class ServiceProcess:
         self.log_file = log_file
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
+        self.metrics_url = ""  # set when started with --metrics-listen
         self._ready = threading.Event()
 
     @property
@@ -74,6 +76,9 @@ class ServiceProcess:
             for line in self.proc.stderr:
                 log.write(line)
                 log.flush()
+                metrics = METRICS.search(line)
+                if metrics:
+                    self.metrics_url = metrics.group(1).decode()
                 found = READY.search(line)
                 if found and not self._ready.is_set():
                     self.url = found.group(1).decode()

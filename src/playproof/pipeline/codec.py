@@ -78,7 +78,7 @@ def entry_for(write: BatchWrite, item: Record | InvalidRecord, verdict: Verdict)
         return entry
     entry.record = item
     if verdict.reason is not None:
-        entry.reason = verdict.reason
+        entry.reason, entry.error = verdict.reason, verdict.detail
         return entry
     entry.kind, entry.status, entry.quality = ACCEPT, verdict.status, verdict.quality
     entry.flags = verdict.flags
@@ -113,7 +113,7 @@ def judged_of(entry: Entry) -> Judged:
         raw = (entry.raw or "").encode()
         return Judged(InvalidRecord(raw=raw, error=entry.error, seq=entry.seq), reject("invalid"))
     if entry.kind == REJECT:
-        return Judged(entry.record, reject(entry.reason or "invalid"))
+        return Judged(entry.record, reject(entry.reason or "invalid", entry.error))
     return Judged(entry.record, Verdict(None, entry.status, entry.quality, tuple(entry.flags)))
 
 

@@ -47,7 +47,7 @@ from playproof.pipeline.codec import (
 from playproof.pipeline.jetstream import JetStream
 from playproof.pipeline.settings import Settings
 from playproof.protocol import Ack, Record
-from playproof.rules import DEFAULT_POLICY, Policy
+from playproof.rules import DEFAULT_POLICY, Policy, key_trusted
 from playproof.stores.base import BatchWrite, Key
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,6 @@ COMMIT_LANES: Final = 4
 # A key is rejected again only when a reject's ack was lost and the record was
 # resent: a chain this long is a device resending one record over and over.
 MAX_LINKS: Final = 64
-_UNTRACKED: Final = ("forbidden", "bad_checksum")
 
 
 @dataclass
@@ -88,7 +87,7 @@ def _items(writes: Sequence[BatchWrite], partitions: int) -> list[_Item]:
         partition = partition_of(write.device_id, partitions)
         for i, (item, verdict) in enumerate(write.judged):
             key = None
-            if isinstance(item, Record) and verdict.reason not in _UNTRACKED:
+            if isinstance(item, Record) and key_trusted(verdict.reason):
                 key = (item.device_id, item.journal_id, item.seq)
             items.append(_Item((w, i), partition, entry_for(write, item, verdict), key))
     return items

@@ -101,6 +101,7 @@ async def put_screenshot(request: Request) -> Response:
 
 async def healthz(request: Request) -> Response:
     """GET /healthz: 200 when the store (and the pipeline, if any) answer, 503 otherwise."""
+    # Anyone may ask, so the answer says healthy or not and no more; the log says why.
     service = _service(request)
     # A simulated clock is shown loudly (it is absent on the real clock).
     clock = (
@@ -111,7 +112,8 @@ async def healthz(request: Request) -> Response:
     try:
         await service.ping()  # the store, and the pipeline when there is one
     except errors.StoreError as exc:
-        return json_response({"status": "unavailable", "error": str(exc), **clock}, 503)
+        service.unhealthy(exc)
+        return json_response({"status": "unavailable", **clock}, 503)
     pipeline = {} if service.pipeline is None else {"pipeline": service.pipeline.kind}
     store = service.store.url.split(":", 1)[0]
     return json_response({"status": "ok", "store": store, **pipeline, **clock})
@@ -122,13 +124,20 @@ async def openapi_json(request: Request) -> Response:
     return Response(openapi.document(), media_type=JSON)
 
 
-async def metrics(request: Request) -> Response:
-    """GET /metrics: Prometheus text format."""
-    service = _service(request)
-    # On an outage the gauge keeps its last value; /healthz tells the outage.
-    with contextlib.suppress(errors.StoreError):
-        service.metrics.open_gaps.set(await service.store.gap_count())
+def _metrics_response(service: Service) -> Response:
+    # Gauges that need the store are refreshed in the background (Service): a scrape,
+    # however frequent, costs the store nothing.
     return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+async def metrics(request: Request) -> Response:
+    """GET /metrics: Prometheus text format, for an operator token."""
+    return _metrics_response(await _operator(request))
+
+
+async def open_metrics(request: Request) -> Response:
+    """GET /metrics on the `--metrics-listen` address: no token, it is on a private network."""
+    return _metrics_response(_service(request))
 
 
 # --- operators' routes (operator token; parsing and formats in reports, params, formats)
@@ -320,6 +329,16 @@ def create_app(service: Service) -> Starlette:
             Exception: on_unexpected,
         },
         lifespan=lifespan,
+    )
+    app.state.service = service
+    return app
+
+
+def create_metrics_app(service: Service) -> Starlette:
+    """The app of the `--metrics-listen` address: GET /metrics alone, of a running service."""
+    app = Starlette(
+        routes=[Route("/metrics", open_metrics, methods=["GET"])],
+        exception_handlers={HTTPException: on_http_error, Exception: on_unexpected},
     )
     app.state.service = service
     return app

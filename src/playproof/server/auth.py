@@ -12,13 +12,16 @@ import hashlib
 import hmac
 import secrets
 import time
-from typing import Final
+from collections.abc import Awaitable, Callable
+from typing import Final, Generic, TypeVar
 
 from playproof.errors import Forbidden, Unauthenticated
 from playproof.stores.base import DeviceInfo, Store
 
 TOKEN_PREFIX: Final = "ppd_"  # noqa: S105 (a prefix, not a secret)
 CACHE_SECONDS: Final = 2.0
+
+T = TypeVar("T")
 
 
 def new_token(prefix: str = TOKEN_PREFIX) -> str:
@@ -42,34 +45,62 @@ def bearer_token(header: str | None) -> str:
     return token
 
 
+class TokenCache(Generic[T]):
+    """What a token hash stands for, looked up once per `seconds` and kept in bounded memory.
+
+    Misses are cached too, so that a flood of one unknown token costs one
+    database read per period; past `max_entries` the cache starts afresh.
+    """
+
+    def __init__(
+        self,
+        lookup: Callable[[str], Awaitable[T]],
+        seconds: float = CACHE_SECONDS,
+        max_entries: int = 100_000,
+    ) -> None:
+        self._lookup = lookup
+        self._seconds = seconds
+        self._max_entries = max_entries
+        self._entries: dict[str, tuple[float, T]] = {}
+
+    async def get(self, token_hash: str) -> T:
+        """The cached answer for a token hash, looked up again once it is older than `seconds`."""
+        hit = self._entries.get(token_hash)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
+        found = await self._lookup(token_hash)
+        if len(self._entries) >= self._max_entries:
+            self._entries.clear()
+        self._entries[token_hash] = (time.monotonic() + self._seconds, found)
+        return found
+
+
 class Authenticator:
     """Turns an Authorization header into a registered, unrevoked device."""
 
     def __init__(self, store: Store, cache_seconds: float = CACHE_SECONDS) -> None:
         self._store = store
-        self._cache_seconds = cache_seconds
-        self._cache: dict[str, tuple[float, DeviceInfo | None]] = {}
+        self._cache = TokenCache(self._find, cache_seconds)
 
     async def device(self, authorization: str | None) -> DeviceInfo:
         """The caller's device; Unauthenticated (unknown) or Forbidden (revoked) otherwise."""
-        wanted = hash_token(bearer_token(authorization))
-        device = await self._lookup(wanted)
+        return await self.device_by_hash(hash_token(bearer_token(authorization)))
+
+    async def device_by_hash(self, wanted: str) -> DeviceInfo:
+        """The device holding a token hash, checked again at most every cache period.
+
+        An open stream calls this on every frame, so that a revocation or a
+        rotation reaches connections opened before it within the cache time.
+        """
+        device = await self._cache.get(wanted)
         if device is None:
             raise Unauthenticated("unknown token")
         if device.revoked_at is not None:
             raise Forbidden(f"the token of device {device.device_id!r} is revoked")
         return device
 
-    async def _lookup(self, wanted: str) -> DeviceInfo | None:
-        now = time.monotonic()
-        hit = self._cache.get(wanted)
-        if hit is not None and hit[0] > now:
-            return hit[1]
+    async def _find(self, wanted: str) -> DeviceInfo | None:
         found = await self._store.device_for_token(wanted)
-        device = None
         if found is not None and hmac.compare_digest(found.token_hash, wanted):
-            device = found.device
-        if len(self._cache) > 100_000:
-            self._cache.clear()
-        self._cache[wanted] = (now + self._cache_seconds, device)
-        return device
+            return found.device
+        return None

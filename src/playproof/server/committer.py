@@ -3,20 +3,30 @@
 No timer is involved: under light load every batch commits at once; under
 heavy load each transaction carries everything that queued meanwhile, up to a
 bound, so that many small frames do not each pay an fsync.
+
+A group that fails for any reason but a store outage is split: each batch is
+committed alone, so that one device's poison batch cannot fail its neighbours;
+a batch that fails alone on its data is committed record by record (see
+`by_record`). A store outage fails the whole group at once: every batch would
+fail alone too, and retrying each would only multiply the wait.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from playproof.errors import StoreError, StoreUnavailable
-from playproof.protocol import Ack
-from playproof.stores.base import BatchWrite
+import msgspec
+
+from playproof.errors import StoreDataError, StoreError, StoreUnavailable
+from playproof.protocol import Ack, InvalidRecord, Record
+from playproof.rules import reject
+from playproof.stores.base import BatchWrite, Judged
 
 log = logging.getLogger(__name__)
 
@@ -107,19 +117,93 @@ class GroupCommitter:
     async def _commit_group(self, group: list[_Pending]) -> None:
         try:
             results = await self._sink.commit([write for write, _ in group])
-        except StoreError as exc:
+        except StoreUnavailable as exc:
             _fail(group, exc)
         except Exception as exc:
-            log.exception("commit failed unexpectedly")
-            _fail(group, StoreUnavailable(f"commit failed: {exc}"))
+            if len(group) > 1:
+                log.warning("a group of %d batches failed (%s); each alone now", len(group), exc)
+            for write, fut in group:
+                try:
+                    acks = await self._alone(write, exc if len(group) == 1 else None)
+                except Exception as alone:
+                    _report(alone)
+                    _fail([(write, fut)], alone)
+                else:
+                    _resolve(fut, acks)
         else:
             for (_, fut), acks in zip(group, results, strict=True):
-                if not fut.done():
-                    fut.set_result(acks)
+                _resolve(fut, acks)
+
+    async def _alone(self, write: BatchWrite, failed: Exception | None = None) -> list[Ack]:
+        """One batch in a transaction of its own; record by record when its data fails it."""
+        if failed is None:
+            try:
+                return (await self._sink.commit([write]))[0]
+            except StoreDataError as exc:
+                failed = exc
+        if not isinstance(failed, StoreDataError):
+            raise failed
+        log.warning("a batch of device %r failed on its data: %s", write.device_id, failed)
+        return await by_record(self._sink, write)
 
 
-def _fail(group: list[_Pending], exc: StoreError) -> None:
-    error = exc if isinstance(exc, StoreUnavailable) else StoreUnavailable(str(exc))
+def _resolve(fut: asyncio.Future[list[Ack]], acks: list[Ack]) -> None:
+    if not fut.done():
+        fut.set_result(acks)
+
+
+async def by_record(sink: Sink, write: BatchWrite) -> list[Ack]:
+    """Commit each record of a batch in a transaction of its own, in order.
+
+    A record that fails alone on its data is rejected `invalid`, the store's
+    error kept with it; any other failure propagates and the batch is answered
+    503 (the records committed before it are `duplicate` when it is resent).
+    """
+    return [await _one(sink, write, judged) for judged in write.judged]
+
+
+async def _one(sink: Sink, write: BatchWrite, judged: Judged) -> Ack:
+    try:
+        return (await sink.commit([_single(write, judged)]))[0][0]
+    except StoreDataError as exc:
+        error: StoreDataError = exc
+    detail = f"the store refused to keep it: {str(error)[:MAX_DETAIL]}"
+    for fallback in _rejections(judged.item, detail):
+        try:
+            return (await sink.commit([_single(write, fallback)]))[0][0]
+        except StoreDataError as exc:
+            error = exc
+    raise error
+
+
+MAX_DETAIL = 500
+
+
+def _single(write: BatchWrite, judged: Judged) -> BatchWrite:
+    # No draft: the store plans the one record afresh.
+    return write._replace(judged=[judged], draft=None)
+
+
+def _rejections(item: Record | InvalidRecord, detail: str) -> list[Judged]:
+    """How to keep a record the store refused: as a reject, then with its raw text escaped."""
+    raw = item.raw if isinstance(item, InvalidRecord) else msgspec.json.encode(item)
+    # JSON-escaped, so that not even a NUL or a lone surrogate can refuse the audit row.
+    escaped = json.dumps(raw.decode("utf-8", "replace")).encode()
+    error = detail if isinstance(item, Record) else f"{item.error}; {detail}"
+    last = Judged(InvalidRecord(raw=escaped, error=error, seq=item.seq), reject("invalid"))
+    if isinstance(item, Record):
+        return [Judged(item, reject("invalid", detail)), last]
+    return [last]
+
+
+def _report(exc: Exception) -> None:
+    if not isinstance(exc, StoreError):
+        log.error("commit failed unexpectedly", exc_info=exc)
+
+
+def _fail(group: list[_Pending], exc: Exception) -> None:
+    # Whatever went wrong, the device is told only that nothing was committed.
+    error = exc if isinstance(exc, StoreUnavailable) else StoreUnavailable(f"commit failed: {exc}")
     for _, fut in group:
         if not fut.done():
             fut.set_exception(error)

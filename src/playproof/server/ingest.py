@@ -13,8 +13,8 @@ from collections.abc import Callable
 
 from playproof import protocol
 from playproof.errors import EnvelopeError, Forbidden, PlayproofError, ProtocolError
-from playproof.protocol import AckMessage, Batch, InvalidRecord, StreamAck, StreamError
-from playproof.rules import DEFAULT_POLICY, Context, Judge, Policy, reject
+from playproof.protocol import AckMessage, Batch, StreamAck, StreamError
+from playproof.rules import DEFAULT_POLICY, Context, Judge, Policy, judge_item
 from playproof.server.committer import GroupCommitter
 from playproof.server.metrics import Metrics
 from playproof.stores.base import BatchWrite, DeviceInfo, Judged, Store
@@ -55,15 +55,8 @@ class Ingestor:
         rules = Judge(
             Context(device.device_id, device.store_id, batch.sent_at, received_at), self.policy
         )
-        judged = [self._judge_item(item, rules) for item in batch.items]
+        judged = [Judged(item, judge_item(item, rules)) for item in batch.items]
         return BatchWrite(device.device_id, batch.sent_at, received_at, judged)
-
-    def _judge_item(self, item: protocol.Record | InvalidRecord, rules: Judge) -> Judged:
-        if isinstance(item, InvalidRecord):
-            return Judged(item, reject("invalid"))
-        if not protocol.checksum_ok(item):
-            return Judged(item, reject("bad_checksum"))
-        return Judged(item, rules(item))
 
     async def ingest(
         self, batch: Batch, device: DeviceInfo, received_at: int, transport: str = "http"

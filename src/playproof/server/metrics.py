@@ -79,6 +79,17 @@ class Metrics:
             "Records devices reported evicted",
             registry=reg,
         )
+        self.verification_lag = Gauge(
+            "playproof_verification_lag_seconds",
+            "Age of the oldest valid play waiting for its verification decision",
+            registry=reg,
+        )
+        self.verification_decisions = Counter(
+            "playproof_verification_decisions",
+            "Plays the verifier decided, by status",
+            ["status"],
+            registry=reg,
+        )
         self.open_gaps = Gauge(
             "playproof_open_gaps",
             "Open sequence gaps over all journals",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -26,12 +26,12 @@ class Error(msgspec.Struct):
     error: str
 
 
-class Health(msgspec.Struct):
-    """The answer of /healthz."""
+class Health(msgspec.Struct, forbid_unknown_fields=True):
+    """The answer of /healthz: healthy or not, and no internals (the service logs why)."""
 
-    status: str
-    store: str | None = None
-    error: str | None = None
+    status: Literal["ok", "unavailable"]
+    store: str | None = None  # the store's kind: sqlite or postgresql
+    pipeline: str | None = None  # the pipeline's kind, when there is one
     # Only on a simulated clock: mode, speed, anchor_ms, epoch_ms, now_ms.
     clock: dict[str, Any] | None = None
 
@@ -138,19 +138,26 @@ def _paths() -> dict[str, Any]:
                 "operationId": "healthz",
                 "responses": {
                     "200": {"description": "healthy", "content": _json("Health")},
-                    "503": {"description": "store unavailable", "content": _json("Health")},
+                    "503": {
+                        "description": "the store or the pipeline does not answer",
+                        "content": _json("Health"),
+                    },
                 },
             }
         },
         "/metrics": {
             "get": {
-                "summary": "Prometheus metrics",
+                "summary": "Prometheus metrics (also without a token on `serve --metrics-listen`)",
                 "operationId": "metrics",
+                "security": [{"operator": []}],
                 "responses": {
                     "200": {
                         "description": "Prometheus text format",
                         "content": {"text/plain": {"schema": {"type": "string"}}},
-                    }
+                    },
+                    "401": _error("missing or unknown token"),
+                    "403": _error("a device token, or a revoked operator token"),
+                    "503": _error("the store cannot check the token now"),
                 },
             }
         },

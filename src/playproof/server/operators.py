@@ -9,11 +9,10 @@ token never opens an operator route: it is answered 403, an unknown token 401.
 from __future__ import annotations
 
 import hmac
-import time
 from typing import Final
 
 from playproof.errors import Forbidden, Unauthenticated
-from playproof.server.auth import CACHE_SECONDS, bearer_token, hash_token, new_token
+from playproof.server.auth import CACHE_SECONDS, TokenCache, bearer_token, hash_token, new_token
 from playproof.server.ingest import wall_clock_ms
 from playproof.server.params import id_value
 from playproof.stores.base import OperatorInfo, Store
@@ -40,12 +39,11 @@ class OperatorAuth:
 
     def __init__(self, store: Store, cache_seconds: float = CACHE_SECONDS) -> None:
         self._store = store
-        self._cache_seconds = cache_seconds
-        self._cache: dict[str, tuple[float, OperatorInfo | str | None]] = {}
+        self._cache = TokenCache(self._find, cache_seconds, max_entries=10_000)
 
     async def operator(self, authorization: str | None) -> OperatorInfo:
         """The caller; Unauthenticated (missing, unknown) or Forbidden (device token, revoked)."""
-        found = await self._lookup(hash_token(bearer_token(authorization)))
+        found = await self._cache.get(hash_token(bearer_token(authorization)))
         if found == _DEVICE:
             raise Forbidden(
                 "expected an operator token (playproof operators add NAME), got a device token"
@@ -56,18 +54,10 @@ class OperatorAuth:
             raise Forbidden(f"the token of operator {found.name!r} is revoked")
         return found
 
-    async def _lookup(self, wanted: str) -> OperatorInfo | str | None:
-        now = time.monotonic()
-        hit = self._cache.get(wanted)
-        if hit is not None and hit[0] > now:
-            return hit[1]
-        found: OperatorInfo | str | None = None
+    async def _find(self, wanted: str) -> OperatorInfo | str | None:
         credential = await self._store.operator_for_token(wanted)
         if credential is not None and hmac.compare_digest(credential.token_hash, wanted):
-            found = credential.operator
-        elif await self._store.device_for_token(wanted) is not None:
-            found = _DEVICE
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[wanted] = (now + self._cache_seconds, found)
-        return found
+            return credential.operator
+        if await self._store.device_for_token(wanted) is not None:
+            return _DEVICE
+        return None

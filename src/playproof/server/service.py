@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
+from playproof import errors
 from playproof.config import Limits
 from playproof.pipeline import Pipeline
 from playproof.rules import DEFAULT_POLICY, Policy
@@ -18,6 +22,9 @@ from playproof.server.operators import OperatorAuth
 from playproof.stores.base import Store
 
 log = logging.getLogger(__name__)
+
+# Probes ask often: a failed health check is logged at most once in this long.
+HEALTH_LOG_S: Final = 60.0
 
 
 @dataclass
@@ -50,6 +57,9 @@ class Service:
             self.limits.stream_connections, self.limits.stream_connections_per_device
         )
         self.ingestor = Ingestor(self.store, self.committer, self.policy, self.clock, self.metrics)
+        self._gauges: asyncio.Task[None] | None = None
+        self._health_logged_at = float("-inf")
+        self._health_failures = 0
 
     async def start(self) -> None:
         """Open the store (migrating it) and start committing."""
@@ -61,11 +71,17 @@ class Service:
                 await self.store.close()
                 raise
         self.committer.start()
+        await self._count_gaps()
+        self._gauges = asyncio.create_task(self._refresh_gauges())
         if self.clock_info is not None:
             log.warning("SIMULATED CLOCK, for simulations only: %s", self.clock_info)
 
     async def stop(self) -> None:
         """Stop committing and close the store."""
+        if self._gauges is not None:
+            self._gauges.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._gauges
         await self.committer.stop()
         if self.pipeline is not None:
             await self.pipeline.close()
@@ -76,3 +92,29 @@ class Service:
         await self.store.ping()
         if self.pipeline is not None:
             await self.pipeline.ping()
+
+    def unhealthy(self, exc: errors.StoreError) -> None:
+        """Log why /healthz answers 503, which says no more: once a minute at most."""
+        now = time.monotonic()
+        self._health_failures += 1
+        if now - self._health_logged_at >= HEALTH_LOG_S:
+            log.warning(
+                "health check failed: %s (%d failed checks since the last such warning)",
+                exc,
+                self._health_failures,
+            )
+            self._health_logged_at, self._health_failures = now, 0
+
+    async def _count_gaps(self) -> None:
+        # On an outage the gauge keeps its last value; /healthz tells the outage.
+        with contextlib.suppress(errors.StoreError):
+            self.metrics.open_gaps.set(await self.store.gap_count())
+
+    async def _refresh_gauges(self) -> None:
+        """Recount open gaps every `metrics_refresh_s`: a scrape of /metrics reads gauges only."""
+        while True:
+            await asyncio.sleep(self.limits.metrics_refresh_s)
+            try:
+                await self._count_gaps()
+            except Exception:  # a bug: logged, and the gauge is tried again next time
+                log.exception("counting open gaps for /metrics failed")

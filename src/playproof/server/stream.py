@@ -18,6 +18,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from playproof.errors import Forbidden, RateLimited, StoreUnavailable, TooLarge, Unauthenticated
 from playproof.protocol import MAX_BATCH_BYTES, StreamError, encode, frame_head
+from playproof.server.auth import bearer_token, hash_token
 from playproof.server.service import Service
 from playproof.stores.base import DeviceInfo
 
@@ -35,8 +36,12 @@ MAX_FRAME_BYTES = MAX_BATCH_BYTES + 4096
 class StreamSession:
     """One device's stream connection."""
 
-    def __init__(self, ws: WebSocket, service: Service, device: DeviceInfo) -> None:
+    def __init__(
+        self, ws: WebSocket, service: Service, device: DeviceInfo, token_hash: str
+    ) -> None:
         self._ws = ws
+        self._auth = service.auth
+        self._token_hash = token_hash
         self._ingestor = service.ingestor
         self._rate = service.rate
         self._idle_s = service.limits.stream_idle_s
@@ -93,6 +98,8 @@ class StreamSession:
         if not isinstance(text, str):
             return encode(StreamError(None, "expected a text frame holding JSON, got binary"))
         data = text.encode()
+        if not await self._still_authorized(data):
+            return None
         try:
             self._rate.check(self._device.device_id)
         except RateLimited as exc:
@@ -104,6 +111,26 @@ class StreamSession:
             )
             return encode(StreamError(None, str(error)))
         return await self._ingestor.stream_frame(data, self._device)
+
+    async def _still_authorized(self, data: bytes) -> bool:
+        # The token is checked again on every frame (a cache hit, mostly), so
+        # that a revocation or rotation made after the connection opened stops
+        # it within the cache time rather than when the device reconnects.
+        if not self._open:
+            return False
+        try:
+            self._device = await self._auth.device_by_hash(self._token_hash)
+        except Unauthenticated:
+            await self._close(CLOSE_UNAUTHENTICATED, "token no longer valid (rotated)")
+            return False
+        except Forbidden:
+            await self._close(CLOSE_FORBIDDEN, "token revoked")
+            return False
+        except StoreUnavailable as exc:
+            frame_id, _ = frame_head(data)
+            await self._send(encode(StreamError(frame_id, f"not committed, send again: {exc}")))
+            return False
+        return True
 
     async def _close(self, code: int, reason: str) -> None:
         self._open = False
@@ -125,7 +152,8 @@ async def serve_stream(ws: WebSocket, service: Service) -> None:
     """Accept, authenticate (closing 4401 or 4403), admit, then run the session."""
     await ws.accept()
     try:
-        device = await service.auth.device(ws.headers.get("authorization"))
+        token_hash = hash_token(bearer_token(ws.headers.get("authorization")))
+        device = await service.auth.device_by_hash(token_hash)
     except Unauthenticated:
         await ws.close(CLOSE_UNAUTHENTICATED, "missing or unknown token")
         return
@@ -142,7 +170,7 @@ async def serve_stream(ws: WebSocket, service: Service) -> None:
     gauge = service.metrics.connections
     gauge.inc()
     try:
-        await StreamSession(ws, service, device).run()
+        await StreamSession(ws, service, device, token_hash).run()
     finally:
         gauge.dec()
         service.connections.release(device.device_id)

@@ -8,15 +8,18 @@ answers exactly alike; the stores only read and write.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
 from msgspec.structs import astuple
 
+from playproof.catalog import Catalog, Change
 from playproof.protocol import Ack, InvalidRecord, Record, Status, record_json
-from playproof.rules import Gap, SequenceChange, SequenceState, Verdict, advance
+from playproof.rules import Gap, SequenceChange, SequenceState, Verdict, advance, key_trusted
 from playproof.stores.blobs import BlobStore
+from playproof.stores.verdicts import CatalogState, Facts, ScreenLoad
+from playproof.verification import Decision, Play
 
 Key = tuple[str, str, int]
 JournalKey = tuple[str, str]
@@ -229,7 +232,13 @@ class Store(Protocol):
         """Rejected records, newest first."""
 
     async def held_records(self, device_ids: Sequence[str]) -> HeldRecords:
-        """Every impression of these devices and every reject they submitted (reconciliation)."""
+        """Every impression of these devices and every reject they submitted (reconciliation).
+
+        A reject replayed into an impression (`mark_replayed`) is no longer among them.
+        """
+
+    async def mark_replayed(self, outcomes: Sequence[tuple[int, str]], now: int) -> None:
+        """Note on reject rows (by id) that they were judged again, and what they became."""
 
     async def add_operator(self, operator: OperatorInfo, token_hash: str) -> None:
         """Register an operator; Conflict if the name (or token) is taken."""
@@ -242,6 +251,32 @@ class Store(Protocol):
 
     async def revoke_operator(self, name: str, now: int) -> None:
         """Revoke an operator's token; NotFound if there is no such operator."""
+
+    # --- the catalog and verification (stores/verdicts.py) ---
+
+    async def load_catalog(self) -> CatalogState:
+        """The catalog's active entries, retired campaigns, and the id of the last change."""
+
+    async def update_catalog(
+        self, update: Callable[[Catalog], tuple[Catalog, list[Change]]], now: int
+    ) -> list[Change]:
+        """In one transaction: apply `update` to the catalog, keep every change with its
+        time, and send the decided plays the changes touch back to pending."""
+
+    async def add_reference(self, content_id: str, sha256: str, phash: str, now: int) -> bool:
+        """Keep a reference image's hash for a content; False when it was known."""
+
+    async def save_screenshot_facts(self, facts: Sequence[Facts]) -> None:
+        """Keep what screenshots show (sha256, phash or None, blank, error)."""
+
+    async def load_screen(self, device_id: str, watermark: int, limit: int) -> ScreenLoad:
+        """A screen's pending plays received up to `watermark`, in stored order, and around."""
+
+    async def save_decisions(
+        self, decisions: Sequence[tuple[Play, Decision]], now: int, catalog_version: int
+    ) -> int:
+        """Write decisions of plays still pending, with log and rollup, in one transaction;
+        how many were written, or -1 (nothing written) if the catalog changed since."""
 
     async def read_rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Rows of one read-only query in the store's dialect (`stores/queries.py` builds them)."""
@@ -262,13 +297,8 @@ class CommitPlan:
     arrivals: dict[JournalKey, list[tuple[int, int]]] = field(default_factory=dict)
 
 
-_UNTRACKED = ("forbidden", "bad_checksum")
-
-
 def _tracked(verdict: Verdict) -> bool:
-    # A forbidden record names another device and a bad checksum makes the key
-    # itself untrustworthy: neither may move anyone's sequence state.
-    return verdict.reason not in _UNTRACKED
+    return key_trusted(verdict.reason)
 
 
 def tracked_keys(writes: Sequence[BatchWrite]) -> dict[JournalKey, list[int]]:
@@ -331,7 +361,7 @@ class _Planner:
 
     def record(self, record: Record, verdict: Verdict) -> Ack:
         """Plan a judged record's rows (impression or reject, sequence arrival); its ack."""
-        if verdict.reason not in _UNTRACKED:
+        if key_trusted(verdict.reason):
             arrival = (record.seq, record.end_ts - self.skew)
             journal = (record.device_id, record.journal_id)
             self.plan.arrivals.setdefault(journal, []).append(arrival)
@@ -339,7 +369,7 @@ class _Planner:
             if stored is not None:
                 return self._known(record, stored)
         if verdict.reason is not None:
-            self.plan.rejects.append(reject_row(self.write, record, verdict.reason, ""))
+            self.plan.rejects.append(reject_row(self.write, record, verdict.reason, verdict.detail))
             return Ack(record.seq, "rejected", reason=verdict.reason)  # type: ignore[arg-type]
         return self._accept(record, verdict)
 

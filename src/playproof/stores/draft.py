@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 from playproof.protocol import Record
+from playproof.rules import key_trusted
 from playproof.stores.base import BatchWrite, CommitPlan, Key, plan_commit
 from playproof.stores.rollup import Delta, Rollup, Sums, deltas, merge_sums, rollup_sums
 
@@ -41,7 +42,7 @@ def draft(write: BatchWrite) -> Draft:
     keys = frozenset(
         (item.device_id, item.journal_id, item.seq)
         for item, verdict in write.judged
-        if isinstance(item, Record) and verdict.reason not in ("forbidden", "bad_checksum")
+        if isinstance(item, Record) and key_trusted(verdict.reason)
     )
     return Draft(plan, rollup_sums(plan.impressions), keys)
 

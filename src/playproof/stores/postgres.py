@@ -18,7 +18,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -28,11 +28,13 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
+from playproof.catalog import Catalog, Change
 from playproof.errors import (
     ConfigError,
     Conflict,
     NotFound,
     SchemaMismatch,
+    StoreDataError,
     StoreError,
     StoreUnavailable,
 )
@@ -40,6 +42,7 @@ from playproof.protocol import Ack, Status, decode_status, encode
 from playproof.rules import Gap
 from playproof.stores import migrations, postgres_commit
 from playproof.stores import postgres_sql as q
+from playproof.stores import postgres_verdicts as verdicts
 from playproof.stores.base import (
     BatchWrite,
     Credential,
@@ -54,6 +57,8 @@ from playproof.stores.base import (
 )
 from playproof.stores.blobs import BlobStore
 from playproof.stores.postgres_partitions import Partitions, ahead
+from playproof.stores.verdicts import CatalogState, Facts, ScreenLoad
+from playproof.verification import Decision, Play
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +93,27 @@ _MIGRATION_LOCK = "SELECT pg_advisory_xact_lock(hashtext('playproof:migrate:' ||
 
 
 def translate(exc: psycopg.Error, doing: str) -> StoreError:
-    """A psycopg error as ours: unreachable or transient is StoreUnavailable."""
+    """A psycopg error as ours.
+
+    SQLSTATE classes 22 (data exception) and 23 (integrity constraint) are the
+    data's fault: StoreDataError. A serialization failure or deadlock that
+    (class 40) outlived the retries is no outage, so that the committer isolates the
+    batch behind it; anything else unreachable or transient is StoreUnavailable.
+    """
+    state = exc.sqlstate or ""
+    if state[:2] in ("22", "23"):
+        return StoreDataError(f"PostgreSQL refused the data to {doing}: {exc}".strip())
+    if state[:2] == "40":
+        return StoreError(f"PostgreSQL could not serialize a transaction to {doing}: {exc}")
     if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
         return StoreUnavailable(f"PostgreSQL cannot {doing} now: {exc}".strip())
     return StoreError(f"PostgreSQL failed to {doing}: {exc}".strip())
+
+
+def _worth_retrying(exc: psycopg.Error) -> bool:
+    # By SQLSTATE class 40 (transaction rollback): psycopg's DeadlockDetected and
+    # SerializationFailure are not subclasses of its TransactionRollback.
+    return (exc.sqlstate or "").startswith("40") or isinstance(exc, psycopg.errors.UniqueViolation)
 
 
 def redact(url: str) -> str:
@@ -231,15 +253,20 @@ class PostgresStore:
         missing = self._partitions.missing(postgres_commit.start_times(writes), now)
         if missing:
             await self._partitions.ensure(missing)
-        async with self._connection("commit impressions") as conn:
-            for attempt in itertools.count(1):
-                try:
-                    return await postgres_commit.commit(conn, writes)
-                except (psycopg.errors.TransactionRollback, psycopg.errors.UniqueViolation):
-                    # Rolled back (a deadlock, or a key stored by a writer that did not
-                    # hold its journal's lock): redo it all; the lookup now sees that key.
-                    if attempt >= RETRIES:
-                        raise
+        try:
+            async with self._connection("commit impressions") as conn:
+                for attempt in itertools.count(1):
+                    try:
+                        return await postgres_commit.commit(conn, writes)
+                    except psycopg.Error as exc:
+                        # Rolled back (a deadlock, or a key stored by a writer that did not
+                        # hold its journal's lock): redo it all; the lookup now sees that key.
+                        if not _worth_retrying(exc) or attempt >= RETRIES:
+                            raise
+        except ValueError as exc:  # a row psycopg cannot build (OverflowError among them)
+            raise StoreDataError(
+                f"PostgreSQL refused the data to commit impressions: {exc}"
+            ) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
     # --- devices ------------------------------------------------------------
@@ -346,6 +373,48 @@ class PostgresStore:
             impressions = await (await conn.execute(q.HELD_IMPRESSIONS, wanted)).fetchall()
             rejects = await (await conn.execute(q.HELD_REJECTS, wanted)).fetchall()
         return HeldRecords(impressions, rejects)
+
+    async def mark_replayed(self, outcomes: Sequence[tuple[int, str]], now: int) -> None:
+        """Note on reject rows that they were judged again, and what they became."""
+        rows = [(now, result, reject_id) for reject_id, result in outcomes]
+        async with self._connection("mark rejects replayed") as conn, conn.cursor() as cur:
+            await cur.executemany(q.MARK_REPLAYED, rows)
+
+    # --- the catalog and verification ---------------------------------------
+
+    async def load_catalog(self) -> CatalogState:
+        """The catalog's active entries, retired campaigns, and the last change's id."""
+        async with self._connection("read the catalog") as conn:
+            return await verdicts.load_catalog(conn)
+
+    async def update_catalog(
+        self, update: Callable[[Catalog], tuple[Catalog, list[Change]]], now: int
+    ) -> list[Change]:
+        """Apply `update` to the catalog, keep the changes, send affected plays back."""
+        async with self._connection("update the catalog") as conn:
+            return await verdicts.update_catalog(conn, update, now)
+
+    async def add_reference(self, content_id: str, sha256: str, phash: str, now: int) -> bool:
+        """Keep a reference image's hash for a content."""
+        async with self._connection("add a reference image") as conn:
+            return await verdicts.add_reference(conn, content_id, sha256, phash, now)
+
+    async def save_screenshot_facts(self, facts: Sequence[Facts]) -> None:
+        """Keep what screenshots show."""
+        async with self._connection("keep screenshot facts") as conn:
+            await verdicts.save_facts(conn, facts)
+
+    async def load_screen(self, device_id: str, watermark: int, limit: int) -> ScreenLoad:
+        """A screen's pending plays up to `watermark`, in stored order, and around."""
+        async with self._connection("read a screen's plays") as conn:
+            return await verdicts.load_screen(conn, device_id, watermark, limit)
+
+    async def save_decisions(
+        self, decisions: Sequence[tuple[Play, Decision]], now: int, catalog_version: int
+    ) -> int:
+        """Write decisions of plays still pending; -1 if the catalog changed since."""
+        async with self._connection("save decisions") as conn:
+            return await verdicts.save_decisions(conn, decisions, now, catalog_version)
 
     async def execute_read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a read-only query with `%s` placeholders (for reports and tests)."""

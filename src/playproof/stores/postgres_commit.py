@@ -23,7 +23,7 @@ from psycopg import AsyncConnection
 from psycopg.pq import TransactionStatus
 
 from playproof.protocol import Ack, Record
-from playproof.rules import Gap, SequenceChange, SequenceState
+from playproof.rules import Gap, SequenceChange, SequenceState, key_trusted
 from playproof.stores import postgres_sql as q
 from playproof.stores.base import (
     IMPRESSION_COLUMNS,
@@ -43,7 +43,6 @@ _KEY_POSITIONS = [IMPRESSION_COLUMNS.index(c) for c in q.KEY_COLUMNS]
 _R = {name: i for i, name in enumerate(REJECT_COLUMNS)}
 _KEY = [_R[name] for name in ("device_id", "journal_id", "seq", "checksum", "reason")]
 _REASON, _DETAIL, _RAW, _RECEIVED = _R["reason"], _R["detail"], _R["raw"], _R["received_at"]
-_UNTRACKED = ("forbidden", "bad_checksum")
 
 
 def start_times(writes: Sequence[BatchWrite]) -> list[int]:
@@ -146,7 +145,7 @@ async def _write_rejects(conn: AsyncConnection, rows: list[tuple[Any, ...]]) -> 
     if not rows:
         return
     merged = merge_rejects(rows)
-    loose = sorted({_lock_id(r) for r in merged if r[_REASON] in _UNTRACKED})
+    loose = sorted({_lock_id(r) for r in merged if not key_trusted(r[_REASON])})
     if loose:
         # No journal lock covers these keys: lock them in order so that two
         # commits upserting the same rejects cannot deadlock.

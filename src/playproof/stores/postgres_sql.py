@@ -170,5 +170,7 @@ HELD_IMPRESSIONS: Final = (
     "FROM impressions WHERE device_id = ANY(%s)"
 )
 HELD_REJECTS: Final = (
-    "SELECT device_id, journal_id, seq, checksum, reason FROM rejects WHERE submitted_by = ANY(%s)"
+    "SELECT device_id, journal_id, seq, checksum, reason FROM rejects WHERE submitted_by = ANY(%s) "
+    "AND (replay_result IS NULL OR replay_result NOT IN ('accepted', 'duplicate'))"
 )
+MARK_REPLAYED: Final = "UPDATE rejects SET replayed_at = %s, replay_result = %s WHERE id = %s"

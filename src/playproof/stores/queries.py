@@ -14,7 +14,7 @@ from datetime import UTC, tzinfo
 from itertools import pairwise
 from typing import Any, Final, NamedTuple
 
-from playproof.rules import HOUR_MS
+from playproof.rules import DURATION_CEILING_MS, HOUR_MS
 from playproof.stores.base import Store
 from playproof.stores.rollup import DIMENSIONS, ROLLUPS, Rollup
 from playproof.stores.timezones import Pieces, offset_pieces
@@ -154,8 +154,15 @@ def time_key_sql(unit: str, col: str, pieces: Pieces) -> str:
 
 
 _ROLLUP_SUMS: Final = "SUM(plays), SUM(valid), SUM(played_ms), SUM(quality_sum)"
+# Each play's duration clamped as the rollups clamp it (`stores/rollup.py`): rows stored
+# before durations were bounded may hold up to 2^53 - 1, and SQLite's SUM raises
+# "integer overflow" past 64 bits; clamped, a sum stays exact and in range.
+_CLAMPED_DURATION: Final = (
+    f"CASE WHEN duration_ms > {DURATION_CEILING_MS} THEN {DURATION_CEILING_MS} ELSE duration_ms END"
+)
 _ROW_SUMS: Final = (
-    "COUNT(*), SUM(CASE WHEN status = 'valid' THEN 1 ELSE 0 END), SUM(duration_ms), SUM(quality)"
+    "COUNT(*), SUM(CASE WHEN status = 'valid' THEN 1 ELSE 0 END), "
+    f"SUM({_CLAMPED_DURATION}), SUM(quality)"
 )
 
 
@@ -320,6 +327,22 @@ async def reject_counts(
         sql += " GROUP BY " + ", ".join(str(i + 1) for i in range(len(keys)))
     rows = await store.read_rows(sql, params)
     return sorted((*row[: len(keys)], int(row[-2]), int(row[-1] or 0)) for row in rows if row[-2])
+
+
+async def replay_candidates(
+    store: Store, reason: str, since: int, after_id: int, limit: int
+) -> list[tuple[Any, ...]]:
+    """Rejects of `reason` received since `since`, never replayed, by id after `after_id`.
+
+    Rows: (id, submitted_by, seq, raw, sent_at, received_at).
+    """
+    ph = placeholder(store)
+    sql = (
+        "SELECT id, submitted_by, seq, raw, sent_at, received_at FROM rejects "
+        f"WHERE reason = {ph} AND received_at >= {ph} AND id > {ph} AND replayed_at IS NULL "
+        f"ORDER BY id LIMIT {int(limit)}"
+    )
+    return await store.read_rows(sql, (reason, since, after_id))
 
 
 # --- devices ----------------------------------------------------------------------

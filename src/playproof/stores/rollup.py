@@ -9,6 +9,13 @@ cost on the ingest path is one dictionary update per record.
 
 The bucket widths are part of the schema (migration `0002`): changing one
 needs a migration that rebuilds its table.
+
+Each play counts at most `DURATION_CEILING_MS` of `played_ms`, whatever its row
+holds (the rules bound durations now, but rows stored before the bound may
+claim up to 2^53 - 1): a few thousand such plays would overflow a 64-bit sum,
+failing every commit of their group on PostgreSQL and turning SQLite's sum
+into an inexact REAL. Migration `0003` rebuilt the rollups with the same clamp,
+and the report's reads of rows (`queries.py`) apply it too.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from operator import itemgetter
 from typing import Any, Final, NamedTuple
 
-from playproof.rules import HOUR_MS, MINUTE_MS
+from playproof.rules import DURATION_CEILING_MS, HOUR_MS, MINUTE_MS
 from playproof.stores.base import IMPRESSION_COLUMNS
 
 DIMENSIONS: Final = (
@@ -61,7 +68,7 @@ Delta = tuple[Any, ...]
 def _sums(rows: Iterable[Sequence[Any]], rollup: Rollup) -> dict[tuple[Any, ...], list[int]]:
     """Sums per bucket and dimension values of one rollup: one pass, one dict update a row."""
     acc: dict[tuple[Any, ...], list[int]] = {}
-    get, size, dims_of = acc.get, rollup.bucket_ms, _GETTERS[rollup]
+    get, size, dims_of, ceiling = acc.get, rollup.bucket_ms, _GETTERS[rollup], DURATION_CEILING_MS
     for row in rows:
         start = row[_START]
         key = (start - start % size, dims_of(row))
@@ -71,7 +78,8 @@ def _sums(rows: Iterable[Sequence[Any]], rollup: Rollup) -> dict[tuple[Any, ...]
         sums[0] += 1
         if row[_STATUS] == "valid":
             sums[1] += 1
-        sums[2] += row[_DURATION]
+        duration = row[_DURATION]
+        sums[2] += duration if duration <= ceiling else ceiling
         sums[3] += row[_QUALITY]
         if row[_END_REASON] == "device_restart":
             sums[4] += 1

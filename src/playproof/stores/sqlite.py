@@ -20,10 +20,19 @@ from itertools import chain
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from playproof.errors import Conflict, NotFound, SchemaMismatch, StoreError, StoreUnavailable
+from playproof.catalog import Catalog, Change
+from playproof.errors import (
+    Conflict,
+    NotFound,
+    SchemaMismatch,
+    StoreDataError,
+    StoreError,
+    StoreUnavailable,
+)
 from playproof.protocol import Ack, Status, decode_status, encode
 from playproof.rules import Gap, SequenceChange, SequenceState
 from playproof.stores import migrations
+from playproof.stores import sqlite_verdicts as verdicts
 from playproof.stores.base import (
     IMPRESSION_COLUMNS,
     REJECT_COLUMNS,
@@ -46,6 +55,8 @@ from playproof.stores.base import (
 from playproof.stores.blobs import BlobStore
 from playproof.stores.draft import plan_group
 from playproof.stores.rollup import ROLLUPS, Rollup, sqlite_upsert
+from playproof.stores.verdicts import CatalogState, Facts, ScreenLoad
+from playproof.verification import Decision, Play
 
 T = TypeVar("T")
 
@@ -104,9 +115,13 @@ BUSY_TIMEOUT_MS: Final = 10_000
 WAL_LIMIT_BYTES: Final = 64 * 1024 * 1024
 
 
-def _translate(exc: sqlite3.Error, doing: str) -> StoreError:
+def _translate(exc: sqlite3.Error | ValueError, doing: str) -> StoreError:
     if isinstance(exc, sqlite3.OperationalError):
         return StoreUnavailable(f"SQLite cannot {doing} now: {exc}")
+    # A constraint, or a value SQLite cannot hold (OverflowError is a ValueError,
+    # raised while binding an integer past 64 bits): the data's fault, not the store's.
+    if isinstance(exc, sqlite3.IntegrityError | sqlite3.DataError | ValueError):
+        return StoreDataError(f"SQLite refused the data to {doing}: {exc}")
     return StoreError(f"SQLite failed to {doing}: {exc}")
 
 
@@ -209,7 +224,7 @@ class SqliteStore:
                 result = fn(conn)
                 conn.execute("COMMIT")
                 self._bound_wal(conn)
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, ValueError) as exc:
                 _rollback(conn)
                 raise _translate(exc, doing) from exc
             except BaseException:
@@ -399,6 +414,51 @@ class SqliteStore:
         """Every impression of these devices and every reject they submitted, one snapshot."""
         return await self._read("read held records", lambda c: _held(c, device_ids))
 
+    async def mark_replayed(self, outcomes: Sequence[tuple[int, str]], now: int) -> None:
+        """Note on reject rows that they were judged again, and what they became."""
+        rows = [(now, result, reject_id) for reject_id, result in outcomes]
+        sql = "UPDATE rejects SET replayed_at = ?, replay_result = ? WHERE id = ?"
+        await self._write("mark rejects replayed", lambda c: c.executemany(sql, rows))
+
+    # --- the catalog and verification ---------------------------------------
+
+    async def load_catalog(self) -> CatalogState:
+        """The catalog's active entries, retired campaigns, and the last change's id."""
+        return await self._read("read the catalog", _snapshot(verdicts.load_catalog))
+
+    async def update_catalog(
+        self, update: Callable[[Catalog], tuple[Catalog, list[Change]]], now: int
+    ) -> list[Change]:
+        """Apply `update` to the catalog, keep the changes, send affected plays back."""
+        return await self._write(
+            "update the catalog", lambda c: verdicts.update_catalog(c, update, now)
+        )
+
+    async def add_reference(self, content_id: str, sha256: str, phash: str, now: int) -> bool:
+        """Keep a reference image's hash for a content."""
+        return await self._write(
+            "add a reference image",
+            lambda c: verdicts.add_reference(c, content_id, sha256, phash, now),
+        )
+
+    async def save_screenshot_facts(self, facts: Sequence[Facts]) -> None:
+        """Keep what screenshots show."""
+        await self._write("keep screenshot facts", lambda c: verdicts.save_facts(c, facts))
+
+    async def load_screen(self, device_id: str, watermark: int, limit: int) -> ScreenLoad:
+        """A screen's pending plays up to `watermark`, in stored order, and around."""
+        load = _snapshot(lambda c: verdicts.load_screen(c, device_id, watermark, limit))
+        return await self._read("read a screen's plays", load)
+
+    async def save_decisions(
+        self, decisions: Sequence[tuple[Play, Decision]], now: int, catalog_version: int
+    ) -> int:
+        """Write decisions of plays still pending; -1 if the catalog changed since."""
+        return await self._write(
+            "save decisions",
+            lambda c: verdicts.save_decisions(c, decisions, now, catalog_version),
+        )
+
     async def execute_read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a read-only query (for reports and tests)."""
         return await self._read("run a query", lambda c: c.execute(sql, params).fetchall())
@@ -479,6 +539,19 @@ class SqliteStore:
 
 
 # --- helpers, run on the store's threads ------------------------------------
+
+
+def _snapshot(fn: Callable[[sqlite3.Connection], T]) -> Callable[[sqlite3.Connection], T]:
+    """`fn` run inside one read transaction, so that its queries see one snapshot."""
+
+    def run(conn: sqlite3.Connection) -> T:
+        conn.execute("BEGIN")
+        try:
+            return fn(conn)
+        finally:
+            conn.execute("COMMIT")
+
+    return run
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
@@ -648,7 +721,8 @@ _HELD_IMPRESSIONS = (
 )
 _HELD_REJECTS = (
     "SELECT device_id, journal_id, seq, checksum, reason FROM rejects "
-    "WHERE submitted_by IN (SELECT value FROM json_each(?))"
+    "WHERE submitted_by IN (SELECT value FROM json_each(?)) "
+    "AND (replay_result IS NULL OR replay_result NOT IN ('accepted', 'duplicate'))"
 )
 
 

@@ -1,0 +1,154 @@
+"""The verifier: every valid play leaves `pending` as `verified` or `failed`, with its reasons.
+
+It runs inside `playproof serve` (and alone as `playproof verify`). Each turn it
+finds the screens with plays pending that were received more than the settle
+time ago (so that every earlier commit for the screen has landed), and for
+each decides its pending plays one after another in stored order
+(`verification.decide_screen`), writing the decisions, their log rows and the
+verification rollup in one transaction. Screenshots named by those plays are
+fingerprinted first, off the event loop, once per blob.
+
+Crash-safe by construction: a decision is written only where the play is
+still `pending` and only against the catalog version it was made with, so a
+verifier killed at any point and restarted decides every play once; several
+verifiers on PostgreSQL share the work by screen (stores/postgres_verdicts.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Final
+
+from playproof import imaging
+from playproof.catalog import index
+from playproof.config import Limits
+from playproof.errors import StoreError, UnsupportedMedia
+from playproof.rules import DEFAULT_POLICY, Policy
+from playproof.server.metrics import Metrics
+from playproof.stores import verification_queries as vq
+from playproof.stores.base import Store
+from playproof.stores.verdicts import CatalogState, Facts
+from playproof.verification import Booked, decide_screen
+
+log = logging.getLogger(__name__)
+
+IDLE_S: Final = 0.5
+SCREENS_PER_TURN: Final = 500
+# References can be added without a catalog change; read them again this often.
+REFERENCES_EVERY_S: Final = 5.0
+
+
+class Verifier:
+    """Decides pending plays, screen by screen, until stopped."""
+
+    def __init__(
+        self,
+        store: Store,
+        clock: Callable[[], int],
+        policy: Policy = DEFAULT_POLICY,
+        limits: Limits | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._policy = policy
+        self._limits = limits or Limits()
+        self._metrics = metrics
+        self._state: CatalogState | None = None
+        self._booked: Booked | None = None
+        self._refs_at = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start verifying in the background."""
+        self._task = asyncio.create_task(self.run())
+
+    async def stop(self) -> None:
+        """Stop; a turn cut short leaves its undecided plays pending."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def run(self) -> None:
+        """Turn after turn; rest a moment when nothing was left to decide."""
+        while True:
+            try:
+                decided = await self.turn()
+            except StoreError as exc:
+                log.warning("verifier: the store failed, trying again shortly: %s", exc)
+                decided = 0
+            if decided == 0:
+                await asyncio.sleep(IDLE_S)
+
+    async def turn(self) -> int:
+        """One pass over the screens with settled pending plays; how many plays were decided."""
+        now = self._clock()
+        watermark = now - self._limits.verify_settle_ms
+        await self._refresh(now)
+        decided = 0
+        for device_id in await vq.pending_screens(self._store, watermark, SCREENS_PER_TURN):
+            decided += await self._screen(device_id, watermark, now)
+        if self._metrics is not None:
+            oldest = await vq.oldest_pending(self._store)
+            self._metrics.verification_lag.set(0 if oldest is None else (now - oldest) / 1000)
+        return decided
+
+    async def drain(self) -> int:
+        """Turns until a turn decides nothing (tests and `playproof verify --once`)."""
+        total = 0
+        while (decided := await self.turn()) > 0:
+            total += decided
+        return total
+
+    async def _refresh(self, now: int) -> None:
+        version = await vq.catalog_version(self._store)
+        stale_refs = time.monotonic() - self._refs_at > REFERENCES_EVERY_S
+        if self._state is not None and self._state.version == version and not stale_refs:
+            return
+        state = await self._store.load_catalog()
+        references = await vq.references(self._store)
+        self._state = state
+        self._booked = Booked(index(state.catalog), state.retired, references)
+        self._refs_at = time.monotonic()
+
+    async def _screen(self, device_id: str, watermark: int, now: int) -> int:
+        assert self._booked is not None and self._state is not None
+        batch = self._limits.verify_batch
+        load = await self._store.load_screen(device_id, watermark, batch)
+        if load.unfingerprinted:
+            await self._fingerprint(load.unfingerprinted)
+            load = await self._store.load_screen(device_id, watermark, batch)
+        policy = self._policy
+        decisions = decide_screen(
+            load.state, self._booked, now, policy.screenshot_grace_ms, policy.match_threshold
+        )
+        if not decisions:
+            return 0
+        written = await self._store.save_decisions(decisions, now, self._state.version)
+        if written < 0:
+            self._state = None  # the catalog changed (or another verifier has the screen)
+            return 0
+        if self._metrics is not None:
+            for _, decision in decisions[:written]:
+                self._metrics.verification_decisions.labels(decision.status).inc()
+        return written
+
+    async def _fingerprint(self, shas: list[str]) -> None:
+        facts: list[Facts] = []
+        for sha in shas:
+            data = await asyncio.to_thread(self._store.blobs.read, sha)
+            if data is None:
+                continue  # recorded but not on disk: judged once it is
+            try:
+                found = await asyncio.to_thread(imaging.fingerprint, data)
+            except UnsupportedMedia as exc:
+                facts.append((sha, None, True, str(exc)))
+            else:
+                facts.append((sha, found.phash, found.blank, None))
+        if facts:
+            await self._store.save_screenshot_facts(facts)

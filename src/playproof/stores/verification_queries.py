@@ -1,0 +1,63 @@
+"""Reads of the catalog and verification, shared by both stores (the store runs the SQL)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from playproof.stores.base import Store
+from playproof.stores.queries import placeholder
+
+
+async def catalog_version(store: Store) -> int:
+    """The id of the catalog's last change (0: never changed)."""
+    rows = await store.read_rows("SELECT COALESCE(MAX(id), 0) FROM catalog_changes")
+    return int(rows[0][0])
+
+
+async def pending_screens(store: Store, watermark: int, limit: int) -> list[str]:
+    """Screens with valid plays pending that were received up to `watermark`."""
+    ph = placeholder(store)
+    rows = await store.read_rows(
+        "SELECT DISTINCT device_id FROM impressions WHERE verification = 'pending' "
+        f"AND received_at <= {ph} ORDER BY device_id LIMIT {int(limit)}",
+        (watermark,),
+    )
+    return [str(r[0]) for r in rows]
+
+
+async def oldest_pending(store: Store) -> int | None:
+    """The received_at of the oldest play waiting for its decision (the verifier's lag)."""
+    rows = await store.read_rows(
+        "SELECT MIN(received_at) FROM impressions WHERE verification = 'pending'"
+    )
+    return None if rows[0][0] is None else int(rows[0][0])
+
+
+async def references(store: Store) -> dict[str, list[str]]:
+    """Every content's reference image hashes."""
+    found: dict[str, list[str]] = {}
+    rows = await store.read_rows(
+        "SELECT content_id, phash FROM content_references ORDER BY content_id, sha256"
+    )
+    for content_id, phash in rows:
+        found.setdefault(str(content_id), []).append(str(phash))
+    return found
+
+
+async def catalog_changes(store: Store, limit: int = 1000) -> list[tuple[Any, ...]]:
+    """The latest catalog changes, newest first: (id, at, kind, entry_id, action, before, after)."""
+    return await store.read_rows(
+        "SELECT id, at, kind, entry_id, action, before, after FROM catalog_changes "
+        f"ORDER BY id DESC LIMIT {int(limit)}"
+    )
+
+
+async def verification_log(store: Store, key: Sequence[Any]) -> list[tuple[Any, ...]]:
+    """One play's decisions, oldest first: (at, status, reasons, cause)."""
+    ph = placeholder(store)
+    return await store.read_rows(
+        "SELECT at, status, reasons, cause FROM verification_log "
+        f"WHERE device_id = {ph} AND journal_id = {ph} AND seq = {ph} ORDER BY id",
+        tuple(key),
+    )
