@@ -19,7 +19,11 @@ ALLOWED = {
     "catalog": {"errors", "protocol"},
     "imaging": {"errors"},
     "verification": {"errors", "rules", "catalog", "imaging"},
-    "stores": {"errors", "protocol", "rules", "catalog", "verification", "stores"},
+    # Statement arithmetic: pure, priced from the catalog, failures named by verification.
+    "billing": {"errors", "catalog", "verification"},
+    # Buyer formats: pure, rendered from the catalog, overlap as verification defines it.
+    "exports": {"errors", "catalog", "verification"},
+    "stores": {"errors", "protocol", "rules", "catalog", "verification", "exports", "stores"},
     "device": {"errors", "protocol", "rules", "config", "device"},
     "server": {
         "errors",
@@ -27,8 +31,10 @@ ALLOWED = {
         "rules",
         "config",
         "catalog",
+        "billing",  # the statement route prices with it (server/statements.py)
         "imaging",
         "verification",
+        "exports",
         "stores",
         "server",
         "pipeline",

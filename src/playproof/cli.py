@@ -33,8 +33,12 @@ db = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(devices, name="devices")
 app.add_typer(db, name="db")
 operators = typer.Typer(help="Register, list and revoke operators.", no_args_is_help=True)
-report = typer.Typer(help="Delivery, rejects and device reports.", no_args_is_help=True)
+report = typer.Typer(
+    help="Delivery, verification, rejects and device reports.", no_args_is_help=True
+)
 rejects = typer.Typer(help="Rejected records: judge them again.", no_args_is_help=True)
+catalog = typer.Typer(help="The catalog of what was booked.", no_args_is_help=True)
+app.add_typer(catalog, name="catalog")
 app.add_typer(operators, name="operators")
 app.add_typer(report, name="report")
 app.add_typer(rejects, name="rejects")
@@ -116,6 +120,14 @@ def serve(
             "bind it to a private address only (else /metrics needs an operator token).",
         ),
     ] = None,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify/--no-verify",
+            help="Verify plays in this process (default); --no-verify when `playproof verify` "
+            "runs apart.",
+        ),
+    ] = True,
 ) -> None:
     """Run the ingest service."""
     from playproof.fleet.simclock import service_clock
@@ -134,7 +146,9 @@ def serve(
         clock = service_clock(sim_clock)
         sink = _pipeline(pipeline, policy)
         metrics = None if metrics_listen is None else parse_listen(metrics_listen)
-        service = Service(open_store(db_url), policy, limits=limits, pipeline=sink, **clock)
+        service = Service(
+            open_store(db_url), policy, limits=limits, pipeline=sink, verify=verify, **clock
+        )
         serve_forever(service, host, port, log_level, metrics_listen=metrics)
     except PlayproofError as exc:
         raise fail(str(exc)) from None
@@ -324,6 +338,15 @@ def simulate(
     fast_journals: Annotated[
         bool, typer.Option("--fast-journals", help="Simulation only: journals without fsync.")
     ] = False,
+    with_catalog: Annotated[
+        bool,
+        typer.Option(
+            "--catalog/--no-catalog", help="Import the catalog that books the fleet first."
+        ),
+    ] = True,
+    screenshots: Annotated[
+        int, typer.Option(help="Screens taking proof screenshots (a simulated display).")
+    ] = 0,
     live: Annotated[bool | None, typer.Option(help="Rich live view (default: on a TTY).")] = None,
     json_path: JsonOption = None,
     show_all: AllOption = False,
@@ -340,7 +363,7 @@ def simulate(
         options = FleetOptions(
             devices, parse_duration(duration), devices_dir, seed, faults, parse_range(play_length),
             capacity=capacity, ramp_s=ramp, drain_s=drain, workers=workers, ntp=ntp,
-            fast_journals=fast_journals,
+            fast_journals=fast_journals, catalog=with_catalog, screenshots=screenshots,
         )  # fmt: skip
         code = commands.simulate(
             server, db_url, options, speed=speed, live=live, json_path=json_path, show_all=show_all
@@ -401,7 +424,12 @@ def player(
     checkpoint_interval: Annotated[
         float, typer.Option(help="Seconds between checkpoints of a play under way.")
     ] = 5.0,
-    capacity: Annotated[int, typer.Option(help="Journal capacity in records.")] = 5760,
+    capacity: Annotated[
+        int, typer.Option(help="Records kept at most past the 4 h offline limit (younger: all).")
+    ] = 5760,
+    queue_max_bytes: Annotated[
+        int, typer.Option(help="Bytes of queued records at most; past it the oldest go.")
+    ] = 64 * 1024 * 1024,
     screenshots: Annotated[
         bool, typer.Option(help="Take proof screenshots (when a display exists).")
     ] = True,
@@ -424,6 +452,7 @@ def player(
             uplink=UplinkConfig(server_url=server, token=token),
             ntp_servers=tuple(ntp or ()),
             capacity=capacity,
+            journal_queue_bytes=queue_max_bytes,
             checkpoint_s=checkpoint_interval,
         )
         capture = DEFAULT_CAPTURE if screenshots else None
@@ -546,6 +575,37 @@ def report_delivery(
     _print_table(run(build), as_csv)
 
 
+@report.command("verification")
+def report_verification(
+    from_: FromOption = None,
+    to: ToOption = None,
+    group_by: Annotated[
+        str,
+        typer.Option(
+            "--group-by", help="Comma-separated: reason, campaign_id, ..., device_id, hour, day."
+        ),
+    ] = "campaign_id",
+    tz: TzOption = None,
+    filters: FilterOption = None,
+    as_csv: CsvOption = False,
+    db_url: DbOption = DEFAULT_URL,
+) -> None:
+    """Valid plays verified, failed and pending per group; with `reason`, failures by reason."""
+    from playproof.server import admin, verification_report
+
+    query = {**_query(from_=from_, to=to, group_by=group_by, tz=tz), **_filters(filters)}
+
+    async def build() -> Any:
+        async with admin.opened(db_url) as store:
+            return await verification_report.verification(store, query)
+
+    table = run(build)
+    _print_table(table, as_csv)
+    if "counting" in table.meta and not as_csv:
+        totals = table.meta["totals"]
+        err.print(f"{totals['failed_plays']} plays failed; {table.meta['counting']}")
+
+
 @report.command("rejects")
 def report_rejects(
     from_: FromOption = None,
@@ -590,6 +650,92 @@ def report_devices(
     _print_table(run(build), as_csv)
 
 
+@catalog.command("import")
+def catalog_import(
+    file: Annotated[Path, typer.Argument(help="The catalog document (JSON).")],
+    replace: Annotated[
+        bool,
+        typer.Option("--replace", help="Make the catalog exactly the file, retiring the rest."),
+    ] = False,
+    db_url: DbOption = DEFAULT_URL,
+) -> None:
+    """Merge a catalog file into the catalog (or replace it); print each change.
+
+    Reference images the file names are read relative to it and kept. Importing
+    the same file twice changes nothing.
+    """
+    from playproof.catalog import parse_catalog
+    from playproof.server import admin, catalogs
+    from playproof.server.ingest import wall_clock_ms
+
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        raise fail(f"cannot read {file}: {exc.strerror}") from None
+
+    async def go() -> tuple[list[Any], int]:
+        now = wall_clock_ms()
+        async with admin.opened(db_url) as store:
+            changes = await catalogs.import_catalog(store, data, replace, now)
+            added = await catalogs.import_references(
+                store, parse_catalog(data), file.resolve().parent, now
+            )
+            return changes, added
+
+    changes, added = run(go)
+    for change in changes:
+        print(f"{change.action}\t{change.kind}\t{change.id}")
+    err.print(f"{len(changes)} changes, {added} new reference images")
+
+
+@catalog.command("show")
+def catalog_show(db_url: DbOption = DEFAULT_URL) -> None:
+    """Print the catalog's active entries as one JSON document."""
+    from playproof.server import admin, catalogs
+
+    async def go() -> bytes:
+        async with admin.opened(db_url) as store:
+            return await catalogs.show(store)
+
+    print(json.dumps(json.loads(run(go)), indent=2))
+
+
+@app.command()
+def verify(
+    db_url: DbOption = DEFAULT_URL,
+    config: ConfigOption = None,
+    rule: RuleOption = None,
+    limit: LimitOption = None,
+    once: Annotated[
+        bool, typer.Option("--once", help="Decide what is pending now, then exit.")
+    ] = False,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Verify plays apart from the service (run `serve --no-verify`); several may share a
+    PostgreSQL store, screen by screen."""
+    from playproof.server import admin
+    from playproof.server.ingest import wall_clock_ms
+    from playproof.server.verifier import Verifier
+
+    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+
+    async def go() -> int:
+        policy = load_policy(config, rule or [])
+        limits = load_limits(config, limit or [])
+        async with admin.opened(db_url) as store:
+            verifier = Verifier(store, wall_clock_ms, policy, limits)
+            if once:
+                return await verifier.drain()
+            await verifier.run()
+            return 0
+
+    try:
+        decided = run(go)
+    except KeyboardInterrupt:
+        return
+    err.print(f"decided {decided} plays")
+
+
 @rejects.command("replay")
 def rejects_replay(
     reason: Annotated[str, typer.Option("--reason", help="Replay the rejects of this reason.")],
@@ -618,6 +764,151 @@ def rejects_replay(
     for outcome, n in sorted(counts.items()):
         print(f"{outcome}\t{n}")
     err.print(f"replayed {sum(counts.values())} rejects of reason {reason!r}")
+
+
+@report.command("billing")
+def report_billing(
+    from_: Annotated[
+        str, typer.Option("--from", help="Start: RFC 3339, or a date (midnight in --tz).")
+    ],
+    to: Annotated[str, typer.Option("--to", help="End (excluded), as --from.")],
+    tz: TzOption = None,
+    supplier_id: Annotated[
+        str | None, typer.Option("--supplier-id", help="Only this supplier's lines.")
+    ] = None,
+    campaign_id: Annotated[
+        str | None, typer.Option("--campaign-id", help="Only this campaign's lines.")
+    ] = None,
+    as_csv: Annotated[
+        bool, typer.Option("--csv", help="Print the lines as CSV (billing.CSV_COLUMNS).")
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the document GET /v1/reports/billing answers.")
+    ] = False,
+    db_url: DbOption = DEFAULT_URL,
+    config: ConfigOption = None,
+    rule: RuleOption = None,
+) -> None:
+    """The billing statement of a period: lines, adjustments, totals, status and digest.
+
+    Final once its period has settled (then kept, and printed as kept ever after);
+    provisional before. Its clock is this machine's.
+    """
+    from playproof import cli_billing
+    from playproof.server import admin, statements
+    from playproof.server.ingest import wall_clock_ms
+
+    query = _query(from_=from_, to=to, tz=tz, supplier_id=supplier_id, campaign_id=campaign_id)
+
+    async def build() -> bytes:
+        policy = load_policy(config, rule or [])
+        async with admin.opened(db_url) as store:
+            return await statements.billing_statement(store, query, wall_clock_ms(), policy)
+
+    document = run(build)
+    if as_json:
+        print(document.decode())
+    elif as_csv:
+        print(cli_billing.statement_csv(json.loads(document)), end="")
+    else:
+        cli_billing.print_statement(json.loads(document))
+
+
+# --- buyer exports (cli_exports.py) ---------------------------------------------------
+
+export = typer.Typer(
+    help="Buyer exports (DV360 ad plays, UK Playout files): each verified play sent once.",
+    no_args_is_help=True,
+)
+app.add_typer(export, name="export")
+
+SinceLastOption = Annotated[
+    bool,
+    typer.Option("--since-last", help="Every verified play not yet exported to this buyer."),
+]
+ExportIdOption = Annotated[
+    int | None, typer.Option("--id", help="Write past export ID again, byte for byte.")
+]
+OutOption = Annotated[Path | None, typer.Option("--out", help="Write here (default: stdout).")]
+SkippedOption = Annotated[
+    Path | None, typer.Option("--skipped", help="Also write the plays listed apart here (CSV).")
+]
+
+
+def _export(
+    buyer: str,
+    query: dict[str, str],
+    default_seller: str,
+    out: Path | None,
+    skipped: Path | None,
+    db_url: str,
+) -> None:
+    from playproof import cli_exports
+
+    info, reasons = run(
+        lambda: cli_exports.write_export(db_url, buyer, query, default_seller, out, skipped)
+    )
+    err.print(cli_exports.describe(info, reasons), highlight=False)
+
+
+def _export_query(since_last: bool, export_id: int | None, **given: str | None) -> dict[str, str]:
+    query = _query(**given)
+    if since_last:
+        query["since"] = "last"
+    if export_id is not None:
+        query["export_id"] = str(export_id)
+    return query
+
+
+@export.command("dv360")
+def export_dv360(
+    since_last: SinceLastOption = False,
+    export_id: ExportIdOption = None,
+    from_: FromOption = None,
+    to: ToOption = None,
+    seller_id: Annotated[
+        str | None,
+        typer.Option(
+            "--seller-id",
+            envvar="PLAYPROOF_DV360_SELLER_ID",
+            help="The DV360 seller (default: the dv360_seller_id limit of --config).",
+        ),
+    ] = None,
+    out: OutOption = None,
+    skipped: SkippedOption = None,
+    db_url: DbOption = DEFAULT_URL,
+    config: ConfigOption = None,
+) -> None:
+    """DV360 Out-of-Home ad plays: sellers.adPlays.batchCreate request bodies, one a line.
+
+    Plays that started more than 3 days ago, or miss an external id, are listed apart
+    (--skipped); a play is never sent twice.
+    """
+    query = _export_query(since_last, export_id, from_=from_, to=to, seller_id=seller_id)
+    try:
+        default = load_limits(config).dv360_seller_id
+    except PlayproofError as exc:
+        raise fail(str(exc)) from None
+    _export("dv360", query, default, out, skipped, db_url)
+
+
+@export.command("playout")
+def export_playout(
+    since_last: SinceLastOption = False,
+    export_id: ExportIdOption = None,
+    from_: FromOption = None,
+    to: ToOption = None,
+    out: OutOption = None,
+    skipped: SkippedOption = None,
+    db_url: DbOption = DEFAULT_URL,
+) -> None:
+    """A UK Playout (Outsmart) digital CSV file: 19 fields, no header, LF after each record.
+
+    Plays older than 14 days, in the future, overlapping one already filed on their frame
+    by more than 1.5 s, or missing a mandatory field, are listed apart (--skipped).
+    """
+    query = _export_query(since_last, export_id, from_=from_, to=to)
+    _export("playout", query, "", out, skipped, db_url)
 
 
 def _when(ms: int | None) -> str:

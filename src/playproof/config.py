@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping, Sequence
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -18,6 +19,7 @@ import msgspec
 from msgspec import Meta
 
 from playproof.errors import ConfigError
+from playproof.protocol import MAX_BATCH_BYTES, MAX_BATCH_RECORDS
 from playproof.rules import Policy
 
 ENV_PREFIX = "PLAYPROOF_RULES_"
@@ -40,10 +42,45 @@ class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     # The open-gaps gauge is counted in the store at most this often, in the background:
     # a flood of /metrics scrapes costs the store nothing.
     metrics_refresh_s: Annotated[float, Meta(gt=0)] = 15.0
+    # What the service holds between reading a batch and answering it (raw, decoded,
+    # judged, queued for commit), in records and in body bytes: past it, 503 or a frame
+    # error with `retry_after_ms` (backlog_retry_ms). docs/operators.md gives the memory
+    # ceiling these make. At least two full batches: a device alone may hold half.
+    backlog_records: Annotated[int, Meta(ge=2 * MAX_BATCH_RECORDS)] = 100_000
+    backlog_bytes: Annotated[int, Meta(ge=4 * MAX_BATCH_BYTES)] = 64 * 1024 * 1024
+    backlog_retry_ms: Annotated[int, Meta(ge=1)] = 1000
+    # Failed authentications per client address (a token bucket: `auth_failures` at once,
+    # then `auth_failure_rate` a second); past them, a token not in the cache is refused
+    # 429 before any database read. Successful ones are not counted.
+    auth_failures: Annotated[int, Meta(ge=1)] = 30
+    auth_failure_rate: Annotated[float, Meta(gt=0)] = 0.2
+    # Proxies (comma-separated addresses or CIDR networks) whose X-Forwarded-For is believed.
+    trusted_proxies: str = ""
+    # A device's screenshot bytes per UTC day, in screenshots of `screenshot_bytes`:
+    # floor + per_play x the plays it committed that day.
+    screenshot_quota_floor: Annotated[int, Meta(ge=0)] = 5
+    screenshot_quota_per_play: Annotated[int, Meta(ge=0)] = 2
     # The verifier decides a screen's plays only once they were received this long ago,
     # so that every earlier commit for that screen has landed; at most this many a turn.
     verify_settle_ms: Annotated[int, Meta(ge=0)] = 5_000
     verify_batch: Annotated[int, Meta(ge=1)] = 200
+    # The DV360 seller (`sellers/<id>`) of DV360 exports when a request names none;
+    # empty: each DV360 export must name one (`seller_id=`, `--seller-id`).
+    dv360_seller_id: Annotated[str, Meta(pattern=r"^([A-Za-z0-9._-]{1,64})?$")] = ""
+
+    def __post_init__(self) -> None:
+        """Refuse a trusted proxy that is not an address or a network."""
+        proxy_networks(self.trusted_proxies)
+
+
+def proxy_networks(text: str) -> tuple[IPv4Network | IPv6Network, ...]:
+    """The networks of a comma-separated list of addresses and CIDRs; ValueError if one is not."""
+    try:
+        return tuple(ip_network(p.strip(), strict=False) for p in text.split(",") if p.strip())
+    except ValueError as exc:
+        raise ValueError(
+            f"expected trusted_proxies as addresses or CIDRs, got {text!r}: {exc}"
+        ) from None
 
 
 def _table_from_file(path: Path | None, table: str = "rules") -> dict[str, Any]:

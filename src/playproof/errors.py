@@ -64,6 +64,14 @@ class RateLimited(AuthError):
         self.retry_after_s = retry_after_s
 
 
+class Overloaded(PlayproofError):
+    """The service holds all it may now; nothing was acknowledged (HTTP 503, retry later)."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class NotFound(PlayproofError):
     """The thing asked for does not exist."""
 

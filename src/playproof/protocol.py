@@ -169,11 +169,16 @@ class StreamAck(msgspec.Struct):
     acks: list[Ack]
 
 
-class StreamError(msgspec.Struct):
-    """The answer to a malformed stream frame; the connection stays open."""
+class StreamError(msgspec.Struct, omit_defaults=True):
+    """The answer to a frame that was not committed; the connection stays open.
+
+    With `retry_after_ms` the frame may be sent again, unchanged, after that long
+    (the store is unavailable, the service overloaded); without, the frame is wrong.
+    """
 
     id: int | None
     error: str
+    retry_after_ms: int | None = None
 
 
 Number = int | float
@@ -381,7 +386,7 @@ def _decode_envelope(body: bytes, decoder: msgspec.json.Decoder[_E]) -> _E:
         raise EnvelopeError(f"invalid envelope: {exc}") from None
 
 
-def frame_head(text: bytes) -> tuple[int | None, bool]:
+def frame_head(text: bytes | str) -> tuple[int | None, bool]:
     """The frame's id (None where unreadable) and whether it is a status frame."""
     try:
         head = _head_decoder.decode(text)

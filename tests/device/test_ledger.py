@@ -11,7 +11,7 @@ from playproof.device.journal import JOURNAL_FILE, Journal
 from playproof.device.ledger import outcome_of, read_ledger
 from playproof.errors import JournalError
 from playproof.protocol import Record, seal
-from tests.device.test_journal import add_sealed
+from tests.device.test_journal import OLD_SPACING_MS, add_sealed
 from tests.support import make_record, now_ms
 
 DAY_MS = 24 * 3600 * 1000
@@ -72,7 +72,7 @@ def test_the_ledger_names_acks_as_the_reconciliation_reads_them() -> None:
 
 async def test_evicted_records_are_marked_evicted(data_dir: Path) -> None:
     journal = await Journal.open(data_dir, "scr-1", capacity=3)
-    await add_sealed(journal, 5)
+    await add_sealed(journal, 5, OLD_SPACING_MS)
     rows = (await journal.ledger()).rows
     assert [(r.seq, r.outcome) for r in rows] == [
         (1, "evicted"),

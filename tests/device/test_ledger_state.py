@@ -20,8 +20,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import initialize, invariant, precondition, rule
 
-from playproof.device.journal import Journal
-from tests.device.test_journal_state import CAPACITY, JournalMachine
+from tests.device.test_journal_state import JournalMachine
 
 OUTCOMES = ["accepted:valid", "accepted:partial", "duplicate", "rejected:stale", "rejected:invalid"]
 # Records made by `make_record` end a second before they are made: a retention of
@@ -39,20 +38,14 @@ class LedgerMachine(JournalMachine):
 
     @initialize()
     def open_journal(self) -> None:
-        self.journal = self.run(
-            Journal.open(self.folder, "scr-1", capacity=CAPACITY, retention_ms=RETENTION_MS)
-        )
+        self.journal = self.open_(retention_ms=RETENTION_MS)
 
     @rule()
     def reopen(self) -> None:
         """A restart (pruning the ledger): plays that were open come back sealed."""
         self.run(self.j.aclose())
-        self.journal = self.run(
-            Journal.open(self.folder, "scr-1", capacity=CAPACITY, retention_ms=RETENTION_MS)
-        )
-        assert {r.seq for r in self.j.recovered} == set(self.open)
-        self.queued.extend(sorted(self.open))
-        self.open.clear()
+        self.journal = self.open_(retention_ms=RETENTION_MS)
+        self.recovered()
 
     @precondition(lambda self: self.queued)
     @rule(data=st.data())
@@ -61,7 +54,7 @@ class LedgerMachine(JournalMachine):
         named = [data.draw(st.sampled_from(OUTCOMES)) for _ in chosen]
         assert self.run(self.j.remove(chosen, named)) == len(chosen)
         for seq, outcome in zip(chosen, named, strict=True):
-            self.queued.remove(seq)
+            self.leave(seq)
             self.acked.add(seq)
             self.outcomes[seq] = outcome
 

@@ -7,10 +7,15 @@ from pathlib import Path
 
 import pytest
 
+from playproof.device import Device
 from playproof.device.clock import NtpServer
+from playproof.device.journal import JOURNAL_FILE
+from playproof.device.player import load_playlist, require_full_sync, run_player
+from playproof.errors import JournalError
 from tests.device.helpers import (
     PlayerProcess,
     Service,
+    device_config,
     free_udp_port,
     impressions,
     item,
@@ -188,3 +193,27 @@ def test_a_data_folder_that_is_a_file_is_a_clear_error(tmp_path: Path) -> None:
     assert player.wait() == 1
     assert "not a folder" in " ".join(player.log().split())
     assert "Traceback" not in player.log()
+
+
+@pytest.mark.parametrize("mode", ["off", "normal"])
+async def test_the_player_refuses_a_journal_without_full_sync(tmp_path: Path, mode: str) -> None:
+    """Fast journals are the simulator's; a player would lose plays to a power cut."""
+    data_dir = tmp_path / "device"
+    playlist = load_playlist(write_playlist(tmp_path / "p.json", [item(50)]))
+    config = device_config(data_dir, journal_synchronous=mode)
+    with pytest.raises(JournalError, match=f"synchronous=full, got synchronous={mode}"):
+        await run_player(config, playlist, capture=None, max_plays=1)
+    assert not (data_dir / JOURNAL_FILE).exists(), "refused before anything was written"
+
+
+async def test_a_device_journal_is_full_sync_as_sqlite_reports_it(tmp_path: Path) -> None:
+    """The SDK's default, read on the journal's own connection; the player checks the same."""
+    device = await Device.open(device_config(tmp_path / "device"), capture=None)
+    try:
+        assert device.journal.synchronous == "full"
+        require_full_sync(device.journal.synchronous)
+    finally:
+        await device.close()
+    playlist = load_playlist(write_playlist(tmp_path / "p.json", [item(20)]))
+    config = device_config(tmp_path / "device")
+    assert await run_player(config, playlist, capture=None, max_plays=2) == 2

@@ -157,9 +157,12 @@ async def test_a_revoked_token_is_surfaced_as_bad_credentials(
 async def test_evictions_are_counted_and_reported_in_the_next_status(
     data_dir: Path, db_url: str
 ) -> None:
+    """A journal over its space evicts the oldest (young or not) and reports them exactly."""
     svc = Service(db_url)
     token = provision(db_url, "scr-1")
-    device = await Device.open(device_config(data_dir, svc.url, token, capacity=4), capture=None)
+    # Room for about four records: the six oldest of ten make way.
+    config = device_config(data_dir, svc.url, token, journal_queue_bytes=4 * 500)
+    device = await Device.open(config, capture=None)
     try:
         await record(device, 10)
         stats = await device.journal.stats()
@@ -239,3 +242,24 @@ async def test_status_messages_reach_the_service(device: Device, service: Servic
     assert status["device_id"] == "scr-1"
     assert status["journal_id"] == device.journal.journal_id
     assert status["version"] and status["evicted"] == 0 and status["evicted_ranges"] == []
+
+
+async def test_a_play_ending_after_a_later_one_is_delivered_on_the_open_connection(
+    device: Device, service: Service
+) -> None:
+    """A banner over the main item: the earlier-started play is sealed last and still goes out.
+
+    It once waited for the next connection: the sender had read past its sequence.
+    """
+    main = await device.start(content(expected_ms=100, content_id="cnt-main"))
+    banner = await device.start(content(expected_ms=50, content_id="cnt-banner"))
+    banner_seq = (await banner.end()).seq
+    await eventually(
+        lambda: _true(any(r["seq"] == banner_seq for r in impressions(service.db_url, "scr-1"))),
+        30,
+        "the banner's play to arrive",
+    )
+    main_seq = (await main.end()).seq
+    await drained(device)
+    stored = {r["seq"]: r["content_id"] for r in impressions(service.db_url, "scr-1")}
+    assert stored == {main_seq: "cnt-main", banner_seq: "cnt-banner"}

@@ -61,6 +61,7 @@ OPERATOR_ROUTES = (
     "/v1/impressions",
     f"/v1/impressions/{VICTIM}/j-victim/1/screenshot",
     "/v1/reports/delivery?from=2026-01-01T00:00:00Z&to=2026-02-01T00:00:00Z",
+    "/v1/reports/verification?from=2026-01-01T00:00:00Z&to=2026-02-01T00:00:00Z",
     "/v1/reports/rejects",
     "/v1/rejects",
     "/v1/devices",
@@ -108,7 +109,9 @@ def fleet(shared_db: str) -> Iterator[Fleet]:
     }
     playproof("devices", "revoke", "scr-revoked", "--db", shared_db)
     playproof("operators", "revoke", "ops-revoked", "--db", shared_db)
-    with ServerProcess(shared_db) as server:
+    # Every case fails from one address: the failed-authentication limit (tested in
+    # tests/faults/test_auth_flood.py) would otherwise refuse the matrix's later cases.
+    with ServerProcess(shared_db, "--limit", "auth_failures=100000") as server:
         yield Fleet(server, tokens)
 
 

@@ -1,9 +1,11 @@
-"""`playproof demo` as a real process: a live fleet, Ctrl-C, a reconciliation, no leftovers."""
+"""`playproof demo` as a real process: a live fleet, Ctrl-C, a reconciliation, no leftovers;
+its catalog broken on purpose, and the reasons the verifier gives."""
 
 from __future__ import annotations
 
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -100,3 +102,33 @@ def test_ctrl_c_stops_the_live_fleet_drains_reconciles_and_leaves_nothing_runnin
     assert (tmp_path / "playproof.db").exists()
     assert len(list((tmp_path / "playproof.fleet").glob("*/journal.db"))) == 12
     assert (tmp_path / "playproof.operator-token").read_text().startswith("ppo_")
+
+
+def test_the_demo_breaks_its_catalog_on_purpose_and_shows_the_reasons(tmp_path: Path) -> None:
+    """A short demo run to its end: the untargeted store, the layered banner and the late
+    campaign come out as `not_targeted`, `overlap` and `unknown_campaign` turned verified,
+    and the run still reconciles clean. (Its capturing screens take no screenshots at 60x:
+    test_fleet_verification.py shows the wrong picture on the real clock.)"""
+    cmd = [sys.executable, "-m", "playproof", "demo", "--port", str(free_port())]
+    done = subprocess.run(
+        [*cmd, "--devices", "12", "--duration", "20m", "--speed", "60"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "COLUMNS": "400"},
+    )
+    text = done.stdout + done.stderr
+    assert done.returncode == 0, text
+    broken = next(line for line in text.splitlines() if "broken on purpose" in line)
+    assert "(not_targeted)" in broken and "(overlap)" in broken and "unknown_campaign" in broken
+    verification = next(line for line in text.splitlines() if "verification of" in line)
+    failed = re.search(r"failed \(([^)]*)\)", verification)
+    assert failed is not None, verification
+    reasons = dict(part.rsplit(" ", 1) for part in failed.group(1).split(", "))
+    assert {"not_targeted", "overlap"} <= set(reasons), verification
+    late = re.search(r"late campaign (cmp-\d+): (\d+) plays failed unknown_campaign", text)
+    assert late is not None and int(late.group(2)) > 0, text
+    assert f"they are now: {late.group(2)} verified" in text
+    assert "CLEAN" in text
+    assert (tmp_path / "playproof.fleet" / "catalog.json").is_file()

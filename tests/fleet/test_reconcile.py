@@ -95,7 +95,8 @@ async def test_a_queued_record_the_service_holds_counts_as_accepted(
 async def test_an_evicted_record_is_reported_apart_and_does_not_fail(
     tmp_path: Path, store: Store
 ) -> None:
-    small = await Journal.open(tmp_path / "small", DEVICE, capacity=2)
+    # Room for two queued records of about 450 bytes: the third play evicts the first.
+    small = await Journal.open(tmp_path / "small", DEVICE, queue_max_bytes=1000)
     records = [await recorded(small) for _ in range(3)]
     await store.commit([batch(records[1:])])
     result = await reconcile(store, [await small.ledger()])

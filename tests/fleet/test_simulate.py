@@ -86,6 +86,9 @@ def test_every_fault_kind_ends_with_nothing_lost_and_nothing_counted_twice(
     parts = total["accepted"] + sum(total["rejected"].values())
     assert parts + total["queued"] + total["open"] + total["evicted"] == total["recorded"]
     assert total["mismatched"] == 0
+    checked = run.report["verification"]
+    assert checked["ok"] and checked["valid"] == total["valid"]
+    assert checked["valid"] == checked["verified"] + checked["failed"] + checked["pending"]
 
 
 def test_every_fault_kind_did_happen(run: Run) -> None:

@@ -185,3 +185,40 @@ def test_signing_out_forgets_the_token(page: Any, fleet: Fleet) -> None:
     page.reload()
     assert page.locator("#app").is_hidden()
     assert page.evaluate("sessionStorage.getItem('playproof-token')") is None
+
+
+def test_failed_plays_show_their_reasons_and_the_screenshot_beside_the_reference(
+    page: Any, fleet: Fleet
+) -> None:
+    """The verification card: failures by reason as the API counts them, and the evidence."""
+    with client(fleet.server.url, fleet.operator) as http:
+        booked = {
+            "suppliers": [{"supplier_id": "sup-1", "currency": "EUR"}],
+            "contents": [{"content_id": "cnt-1", "expected_ms": 15000}],
+        }
+        assert http.put("/v1/catalog", json=booked).status_code == 200
+        ref = http.put(
+            "/v1/contents/cnt-1/reference",
+            content=fleet.image,
+            headers={"Content-Type": "image/png"},
+        )
+        assert ref.status_code in (200, 201), ref.text
+    sign_in(page, fleet.operator)
+    row = page.locator('#verify-reasons tbody tr[data-reason="unknown_campaign"]')
+    row.wait_for(timeout=60_000)  # the plays settle, then the verifier decides them
+    day = now_ms() // 86_400_000 * 86_400_000
+    period = {"from": str(rfc3339(day - 6 * 86_400_000)), "to": str(rfc3339(day + 86_400_000))}
+    counted = fleet.api("/v1/reports/verification", **period, group_by="reason")["rows"]
+    failed = next(r["failed"] for r in counted if r["reason"] == "unknown_campaign")
+    page.wait_for_function(
+        "document.querySelector('#verify-reasons tr[data-reason=\"unknown_campaign\"]')"
+        f".children[1].textContent === '{failed:,}'",
+        timeout=30_000,
+    )
+    evidence = page.locator('#verify-failed-plays tbody tr[data-device="scr-d1"] img.thumb')
+    page.wait_for_function(
+        'document.querySelectorAll(\'#verify-failed-plays tr[data-device="scr-d1"] '
+        "img.thumb').length >= 2",
+        timeout=30_000,
+    )
+    assert evidence.count() >= 2, "a screenshot and its content's reference, side by side"

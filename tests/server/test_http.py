@@ -382,11 +382,15 @@ def test_healthz_and_openapi_describe_every_http_route(server: ServerProcess) ->
         "/v1/impressions",
         "/v1/impressions/{device_id}/{journal_id}/{seq}/screenshot",
         "/v1/reports/delivery",
+        "/v1/reports/verification",
         "/v1/reports/rejects",
         "/v1/rejects",
         "/v1/devices",
         "/v1/devices/{device_id}",
         "/v1/live",
+        # The billing statement (tests/server/test_billing.py) and its page.
+        "/v1/reports/billing",
+        "/statement.html",
     }
     assert "checksum" in doc["components"]["schemas"]["Record"]["required"]
 
@@ -399,6 +403,16 @@ def test_unknown_routes_and_methods_answer_json(server: ServerProcess) -> None:
     assert wrong.status_code == 405
     assert "error" in missing.json()
     assert "error" in wrong.json()
+
+
+def test_a_405_names_every_method_the_path_takes_in_allow(server: ServerProcess) -> None:
+    """RFC 9110: a 405 carries `Allow`; a path read and written names both methods."""
+    with client(server.url) as http:
+        batch = http.get("/v1/impressions/batch")
+        catalog = http.delete("/v1/catalog")
+    assert batch.headers["allow"] == "POST"
+    assert catalog.status_code == 405
+    assert set(catalog.headers["allow"].split(", ")) == {"GET", "HEAD", "PUT"}
 
 
 def test_gaps_are_tracked_and_filled_by_late_records(

@@ -93,6 +93,8 @@ async def test_stream_frames_past_the_rate_get_an_error_to_resend(tight: ServerP
     errors = [a for a in answers if "error" in a]
     assert errors, "some frames must have been refused"
     assert all("send again" in a["error"] and isinstance(a["id"], int) for a in errors)
+    # PROTOCOL.md section 3: the retryable error says how long to wait.
+    assert all(a["retry_after_ms"] >= 1 for a in errors)
     assert len([a for a in answers if "acks" in a]) >= 3
 
 

@@ -287,6 +287,9 @@ async def _back_to_version_1(url: str) -> None:
         "DROP INDEX IF EXISTS impressions_device_start",
         "ALTER TABLE impressions DROP COLUMN verification_reasons",
         "ALTER TABLE impressions DROP COLUMN verified_at",
+        "DROP TABLE statements",
+        "DROP TABLE export_plays",
+        "DROP TABLE exports",
     ]
     if url.startswith("sqlite"):
         import sqlite3

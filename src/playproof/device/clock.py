@@ -96,8 +96,12 @@ class Clock:
         policy: Policy = DEFAULT_POLICY,
         interval_s: float = 900.0,
         timeout_s: float = 2.0,
+        rate: float = 1.0,
     ) -> None:
         self.servers = tuple(servers)
+        # Seconds of `monotonic` per real second: 1 but for simulations, whose clocks run
+        # fast; waits on this clock's time (the screenshot moment) are divided by it.
+        self.rate = rate
         self._wall = wall
         self._mono = monotonic
         self.policy = policy

@@ -56,7 +56,7 @@ class EvictedRange(NamedTuple):
 class Removed(NamedTuple):
     """Records that left the queue: how many, and the bytes of their bodies."""
 
-    count: int
+    records: int
     size: int
 
 
@@ -170,3 +170,23 @@ def runs(seqs: list[int]) -> list[tuple[int, int]]:
         else:
             found.append((seq, seq))
     return found
+
+
+class Bounds(NamedTuple):
+    """What a journal keeps: see the module's docstring."""
+
+    capacity: int = DEFAULT_CAPACITY
+    keep_ms: int = DEFAULT_KEEP_MS
+    queue_max_bytes: int = DEFAULT_QUEUE_BYTES
+
+    def check(self) -> Bounds:
+        """These bounds, if they can work; ValueError saying what is wrong otherwise."""
+        if self.capacity < 1:
+            raise ValueError(f"journal capacity must be at least 1 record, got {self.capacity}")
+        if self.keep_ms < 0:
+            raise ValueError(f"expected a time to keep records of 0 ms or more, got {self.keep_ms}")
+        if self.queue_max_bytes < 1:
+            raise ValueError(
+                f"expected a queue byte limit of at least 1, got {self.queue_max_bytes}"
+            )
+        return self

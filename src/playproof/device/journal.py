@@ -1,13 +1,13 @@
 """The device journal: a crash-safe SQLite queue of plays, with a persistent sequence.
 
 One file in the device's data folder, WAL mode, `synchronous=FULL`: a commit is
-on disk when it returns. A play is written when it starts (its sequence
-allocated and persisted in the same transaction), checkpointed while it plays,
-and sealed when it ends. A record leaves only when the service's ack is final
-(accepted, duplicate or rejected), or when capacity forces an eviction: oldest
-first, counted, and kept as ranges until a status message has reported them.
-The ledger (`ledger.py`) notes, in the same transactions, what became of each
-sealed record, for reconciliation.
+on disk when it returns (`journalfile.py`). A play is written when it starts (its
+sequence allocated and persisted in the same transaction), checkpointed while it
+plays, and sealed when it ends. A record leaves only when the service's ack is
+final (accepted, duplicate or rejected), or when time and space force an eviction
+(`eviction.py`): oldest first, counted, and kept as ranges until a status message
+has reported them. The ledger (`ledger.py`) notes, in the same transactions, what
+became of each sealed record, for reconciliation.
 
 The public API is asyncio; the SQLite work runs on the shared pool
 (`blocking.run_blocking`), one call at a time per journal.
@@ -17,57 +17,62 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import secrets
 import sqlite3
 import threading
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Final, NamedTuple, TypeVar
 
 import msgspec
 
+from playproof.device import eviction
 from playproof.device import ledger as ledgers
 from playproof.device.blocking import run_blocking
+from playproof.device.diskspace import disk_low, hold_reserve, prepare_folder, release_reserve
+from playproof.device.eviction import (
+    DEFAULT_CAPACITY,
+    DEFAULT_KEEP_MS,
+    DEFAULT_QUEUE_BYTES,
+    Bounds,
+    EvictedRange,
+    Removed,
+)
+from playproof.device.journalfile import (
+    JOURNAL_FILE,
+    SYNC_MODES,
+    connect,
+    is_corrupt,
+    is_full,
+    move_aside,
+    open_failure,
+    synchronous_mode,
+    transaction,
+)
 from playproof.errors import JournalError
 from playproof.protocol import Record, record_json, seal
+
+# Names other modules (and older callers) import from here.
+__all__ = [
+    "DEFAULT_CAPACITY",
+    "DEFAULT_KEEP_MS",
+    "DEFAULT_QUEUE_BYTES",
+    "JOURNAL_FILE",
+    "SYNC_MODES",
+    "EvictedRange",
+    "Journal",
+    "JournalStats",
+    "Pending",
+    "checksum_present",
+    "decode_provisional",
+    "prepare_folder",
+]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-JOURNAL_FILE: Final = "journal.db"
-SCHEMA_VERSION: Final = "2"
-# 8 hours of plays at one every 5 seconds.
-DEFAULT_CAPACITY: Final = 5760
-# Under a full disk, make room by evicting this many of the oldest records at once.
-DISK_FULL_EVICTION: Final = 64
-# A small page cache: a journal's working set is its newest pages, and a fleet
-# simulator holds thousands of journals in one process.
-CACHE_KIB: Final = 512
 # Prune the ledger's settled prefix once every this many removals.
 PRUNE_EVERY: Final = 500
-# `full` always; `off` only for simulations (see Journal.open).
-SYNC_MODES: Final = ("full", "normal", "off")
-WAL_PAGES: Final = 64
-RESERVE_FILE: Final = "journal.reserve"
-RESERVE_BYTES: Final = 512 * 1024
-# Free space below which the journal evicts oldest first before writing: twice
-# the WAL's size (a checkpoint may have to grow the main file by as much) and
-# some room for the eviction's own pages.
-HEADROOM_BYTES: Final = 2 * WAL_PAGES * 4096 + 256 * 1024
-
-_SCHEMA = """
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE plays (
-    seq    INTEGER PRIMARY KEY,
-    state  TEXT NOT NULL CHECK (state IN ('open', 'ready')),
-    end_ts INTEGER NOT NULL,
-    body   BLOB NOT NULL
-);
-CREATE TABLE evictions (first_seq INTEGER PRIMARY KEY, last_seq INTEGER NOT NULL);
-"""
 
 
 class Pending(NamedTuple):
@@ -75,18 +80,6 @@ class Pending(NamedTuple):
 
     seq: int
     body: bytes
-
-
-class EvictedRange(NamedTuple):
-    """Sequences `first..last` dropped for lack of space, not yet reported."""
-
-    first: int
-    last: int
-
-    @property
-    def size(self) -> int:
-        """How many records the range holds."""
-        return self.last - self.first + 1
 
 
 class JournalStats(NamedTuple):
@@ -104,12 +97,12 @@ class Journal:
     """One device's durable journal; open it with `Journal.open`."""
 
     def __init__(
-        self, conn: sqlite3.Connection, path: Path, capacity: int, retention_ms: int
+        self, conn: sqlite3.Connection, path: Path, bounds: Bounds, retention_ms: int
     ) -> None:
         self._conn = conn
         self._lock = threading.Lock()
         self.path = path
-        self.capacity = capacity
+        self.bounds = bounds
         self.retention_ms = retention_ms
         self._removals = 0
         # What the last `pending` read found: it stopped at a record ending after
@@ -119,7 +112,11 @@ class Journal:
         self.journal_id = self._meta("journal_id")
         self.device_id = self._meta("device_id")
         self._last_seq = int(self._meta("last_seq"))
+        self._highest_sealed = 0
+        self._late_sealed: int | None = None
+        # Kept in memory, so that bounding the queue reads nothing of the file.
         self._rows: int = conn.execute("SELECT count(*) FROM plays").fetchone()[0]
+        self._bytes = self._queued_bytes()
         self.reset_reason: str | None = None
         self.recovered: list[Record] = []
 
@@ -135,15 +132,24 @@ class Journal:
         retention_ms: int = ledgers.DEFAULT_RETENTION_MS,
         *,
         synchronous: str = "full",
+        keep_ms: int = DEFAULT_KEEP_MS,
+        queue_max_bytes: int = DEFAULT_QUEUE_BYTES,
     ) -> Journal:
         """Open (or create) the journal in `data_dir` and close plays a crash left open.
 
+        Records that ended less than `keep_ms` ago are never evicted for their
+        number (`capacity`); past `queue_max_bytes` of queued records, or a
+        `max_bytes` file, the oldest go whatever their age (see eviction.py).
         `synchronous="off"` is for simulations only (docs/fleet.md): commits are
         then not on disk when they return, only in the operating system's hands.
         """
         if synchronous not in SYNC_MODES:
             raise JournalError(f"expected synchronous among {SYNC_MODES}, got {synchronous!r}")
-        args = (data_dir, device_id, capacity, max_bytes, retention_ms, synchronous)
+        try:
+            bounds = Bounds(capacity, keep_ms, queue_max_bytes).check()
+        except ValueError as exc:
+            raise JournalError(str(exc)) from None
+        args = (data_dir, device_id, bounds, max_bytes, retention_ms, synchronous)
         return await run_blocking(cls._open_sync, *args)
 
     @classmethod
@@ -151,23 +157,21 @@ class Journal:
         cls,
         data_dir: Path,
         device_id: str,
-        capacity: int,
+        bounds: Bounds,
         max_bytes: int | None,
         retention_ms: int,
         synchronous: str,
     ) -> Journal:
-        if capacity < 1:
-            raise JournalError(f"journal capacity must be at least 1 record, got {capacity}")
         path = prepare_folder(data_dir) / JOURNAL_FILE
         reset_reason = None
         try:
-            conn = _connect(path, device_id, synchronous)
+            conn = connect(path, device_id, synchronous)
         except sqlite3.DatabaseError as exc:
-            if not _is_corrupt(exc):
-                raise JournalError(_open_failure(path, exc)) from None
-            reset_reason = _move_aside(path, exc)
-            conn = _connect(path, device_id, synchronous)
-        journal = cls(conn, path, capacity, retention_ms)
+            if not is_corrupt(exc):
+                raise JournalError(open_failure(path, exc)) from None
+            reset_reason = move_aside(path, exc)
+            conn = connect(path, device_id, synchronous)
+        journal = cls(conn, path, bounds, retention_ms)
         hold_reserve(data_dir)
         journal.reset_reason = reset_reason
         journal._check_owner(device_id)
@@ -202,12 +206,19 @@ class Journal:
             records.append(record)
         if records:
             self._write(lambda c: _seal_rows(c, records))
+            self._bytes = self._queued_bytes()
             log.warning(
                 "closed %d play(s) left open by a crash as device_restart: seq %s",
                 len(records),
                 ", ".join(str(r.seq) for r in records),
             )
         return records
+
+    @property
+    def synchronous(self) -> str:
+        """The journal connection's `synchronous` setting, read from SQLite: `full` for real."""
+        with self._lock:
+            return synchronous_mode(self._conn)
 
     # --- the write path -----------------------------------------------------
 
@@ -217,19 +228,21 @@ class Journal:
 
     def _begin(self, record: Record) -> Record:
         record.seq = self._last_seq + 1
+        body = record_json(record)
 
-        def txn(conn: sqlite3.Connection) -> int:
-            evicted = self._evict_for(conn, 1)
+        def txn(conn: sqlite3.Connection) -> Removed:
+            evicted = self._make_way(conn, record.start_ts, len(body))
             conn.execute(
                 "INSERT INTO plays (seq, state, end_ts, body) VALUES (?, 'open', ?, ?)",
-                (record.seq, record.end_ts, record_json(record)),
+                (record.seq, record.end_ts, body),
             )
             conn.execute("UPDATE meta SET value = ? WHERE key = 'last_seq'", (str(record.seq),))
             return evicted
 
         evicted = self._write(txn)
         self._last_seq = record.seq
-        self._rows += 1 - evicted
+        self._rows += 1 - evicted.records
+        self._bytes += len(body) - evicted.size
         return record
 
     async def checkpoint(self, record: Record) -> None:
@@ -241,18 +254,33 @@ class Journal:
         if not checksum_present(record):
             raise JournalError(f"expected a sealed record to close seq {record.seq}, got none")
         await run_blocking(self._locked, self._update, record, "ready")
+        # A play that ends after one started later (a banner over the main item) is
+        # sealed below what the uplink has already read past: tell it to look back.
+        if record.seq < self._highest_sealed:
+            late = self._late_sealed
+            self._late_sealed = record.seq if late is None else min(late, record.seq)
+        self._highest_sealed = max(self._highest_sealed, record.seq)
+
+    def take_late_sealed(self) -> int | None:
+        """The lowest seq sealed after a higher one since the last call (then forgotten)."""
+        late, self._late_sealed = self._late_sealed, None
+        return late
 
     def _update(self, record: Record, state: str) -> None:
         body = record_json(record)
+        old = "SELECT length(body) FROM plays WHERE seq = ? AND state = 'open'"
         sql = "UPDATE plays SET state = ?, end_ts = ?, body = ? WHERE seq = ? AND state = 'open'"
 
-        def txn(conn: sqlite3.Connection) -> None:
-            if conn.execute(sql, (state, record.end_ts, body, record.seq)).rowcount != 1:
+        def txn(conn: sqlite3.Connection) -> int:
+            found = conn.execute(old, (record.seq,)).fetchone()
+            if found is None:
                 raise JournalError(f"expected an open play with seq {record.seq}, found none")
+            conn.execute(sql, (state, record.end_ts, body, record.seq))
             if state == "ready":
                 ledgers.sealed(conn, [record])
+            return len(body) - int(found[0])
 
-        self._write(txn)
+        self._bytes += self._write(txn)
 
     async def remove(self, seqs: Sequence[int], outcomes: Sequence[str] | None = None) -> int:
         """Delete records whose ack is final, their outcomes to the ledger; how many were here."""
@@ -265,88 +293,52 @@ class Journal:
         self._removals += 1
         prune = self._removals % PRUNE_EVERY == 0
 
-        def txn(conn: sqlite3.Connection) -> int:
-            sql = "DELETE FROM plays WHERE seq = ? AND state = 'ready'"
-            removed = conn.executemany(sql, [(seq,) for seq, _ in outcomes]).rowcount
+        def txn(conn: sqlite3.Connection) -> list[tuple[int, int]]:
+            gone = eviction.delete_sealed(conn, [seq for seq, _ in outcomes])
             ledgers.settled(conn, outcomes)
             if prune:
                 ledgers.prune(conn, self.retention_ms)
-            return removed
+            return gone
 
-        removed = self._write(txn)
-        self._rows -= removed
-        if removed:
+        gone = self._write(txn)
+        self._rows -= len(gone)
+        self._bytes -= sum(size for _, size in gone)
+        if gone:
             hold_reserve(self.path.parent)
-        return removed
+        return len(gone)
 
-    # --- eviction -----------------------------------------------------------
+    # --- eviction (the rules are in eviction.py) ----------------------------
 
-    def _evict_for(self, conn: sqlite3.Connection, incoming: int) -> int:
-        excess = self._rows + incoming - self.capacity
-        if excess <= 0 and _disk_low(self.path.parent):
+    def _make_way(self, conn: sqlite3.Connection, now_ts: int, incoming: int) -> Removed:
+        """Evict what the bounds say must go before a play of `incoming` bytes starting now."""
+        bounds = self.bounds
+        seqs = eviction.victims(
+            conn,
+            over_count=self._rows + 1 - bounds.capacity,
+            older_than=now_ts - bounds.keep_ms,
+            over_bytes=self._bytes + incoming - bounds.queue_max_bytes,
+        )
+        if not seqs and disk_low(self.path.parent):
             # Evict while there is still room for checkpoints to land: at zero
             # bytes free even the eviction itself could not be written.
             return self._shed(conn)
-        return self._evict(conn, excess) if excess > 0 else 0
+        return eviction.evict(conn, seqs)
 
-    def _shed(self, conn: sqlite3.Connection) -> int:
+    def _shed(self, conn: sqlite3.Connection) -> Removed:
         """Make room on a full disk: the ledger's settled history, then the oldest records."""
         # Settled history is worth less than any queued record; a full disk
         # overrides its retention (the floor says how far it went).
         ledgers.prune(conn, 0)
-        return self._evict(conn, DISK_FULL_EVICTION)
-
-    def _evict(self, conn: sqlite3.Connection, count: int) -> int:
-        """Drop the `count` oldest sealed records, note their ranges for reporting: how many."""
-        seqs = [
-            row[0]
-            for row in conn.execute(
-                "DELETE FROM plays WHERE seq IN (SELECT seq FROM plays WHERE state = 'ready' "
-                "ORDER BY seq LIMIT ?) RETURNING seq",
-                (count,),
-            )
-        ]
-        seqs.sort()
-        ledgers.evicted(conn, seqs)
-        first_of_run = conn.execute("SELECT 1 FROM evictions LIMIT 1").fetchone() is None
-        for first, last in _runs(seqs):
-            _add_eviction(conn, first, last)
-        if seqs:
-            total = int(self._meta("evicted_total", conn)) + len(seqs)
-            conn.execute("UPDATE meta SET value = ? WHERE key = 'evicted_total'", (str(total),))
-            # Loud once per run of evictions (until a status reports them), quiet after.
-            log.log(
-                logging.WARNING if first_of_run else logging.DEBUG,
-                "journal full: evicting the oldest records, seq %d..%d now",
-                seqs[0],
-                seqs[-1],
-            )
-        return len(seqs)
+        return eviction.evict(conn, eviction.oldest(conn, eviction.DISK_FULL_EVICTION))
 
     async def unreported_evictions(self) -> tuple[EvictedRange, ...]:
         """Ranges evicted since the last status that reached the service."""
-        return await run_blocking(self._locked, self._unreported)
-
-    def _unreported(self) -> tuple[EvictedRange, ...]:
-        rows = self._conn.execute("SELECT first_seq, last_seq FROM evictions ORDER BY first_seq")
-        return tuple(EvictedRange(first, last) for first, last in rows)
+        return await run_blocking(self._locked, eviction.unreported, self._conn)
 
     async def evictions_reported(self, ranges: Iterable[EvictedRange]) -> None:
         """Forget ranges a status message delivered; a range grown since keeps its new part."""
-        await run_blocking(self._locked, self._reported, tuple(ranges))
-
-    def _reported(self, ranges: tuple[EvictedRange, ...]) -> None:
-        def txn(conn: sqlite3.Connection) -> None:
-            for first, last in ranges:
-                conn.execute(
-                    "DELETE FROM evictions WHERE first_seq = ? AND last_seq = ?", (first, last)
-                )
-                conn.execute(
-                    "UPDATE evictions SET first_seq = ? WHERE first_seq = ? AND last_seq > ?",
-                    (last + 1, first, last),
-                )
-
-        self._write(txn)
+        kept = tuple(ranges)
+        await run_blocking(self._locked, self._write, lambda c: eviction.reported(c, kept))
 
     # --- the read path ------------------------------------------------------
 
@@ -356,6 +348,7 @@ class Journal:
         limit: int = 1000,
         max_bytes: int = 1 << 20,
         until_ts: int | None = None,
+        skip: Collection[int] = (),
     ) -> list[Pending]:
         """Sealed records above seq `after`, oldest first, within both limits.
 
@@ -363,16 +356,20 @@ class Journal:
         stamped before an offset correction can end in the future of the corrected
         clock, and the service would reject it; it waits for the clock, in order.
         """
-        return await run_blocking(self._locked, self._pending, after, limit, max_bytes, until_ts)
+        return await run_blocking(
+            self._locked, self._pending, after, limit, max_bytes, until_ts, skip
+        )
 
     def _pending(
-        self, after: int, limit: int, max_bytes: int, until_ts: int | None
+        self, after: int, limit: int, max_bytes: int, until_ts: int | None, skip: Collection[int]
     ) -> list[Pending]:
-        rows = self._conn.execute(
+        # `skip`: records sent and not yet acknowledged (read past them, never resend).
+        found = self._conn.execute(
             "SELECT seq, end_ts, body FROM plays WHERE state = 'ready' AND seq > ? "
             "ORDER BY seq LIMIT ?",
-            (after, limit),
+            (after, limit + len(skip)),
         )
+        rows = [row for row in found if row[0] not in skip][:limit]
         out: list[Pending] = []
         size = 0
         self.held_back = False
@@ -396,7 +393,8 @@ class Journal:
         ).fetchone()
         open_plays = self._rows - ready
         evicted = int(self._meta("evicted_total"))
-        return JournalStats(ready, oldest, open_plays, self._last_seq, evicted, self._unreported())
+        ranges = eviction.unreported(self._conn)
+        return JournalStats(ready, oldest, open_plays, self._last_seq, evicted, ranges)
 
     async def count_older_than(self, end_ts: int) -> int:
         """How many queued records ended before `end_ts` (those the service will call stale)."""
@@ -421,6 +419,11 @@ class Journal:
         """Plays held now, open and sealed, known without reading the file."""
         return self._rows
 
+    @property
+    def queue_bytes(self) -> int:
+        """Bytes of the plays held now (their JSON), known without reading the file."""
+        return self._bytes
+
     async def aclose(self) -> None:
         """Close the database file; the journal cannot be used afterwards."""
         await run_blocking(self._locked, self._conn.close)
@@ -430,6 +433,12 @@ class Journal:
     def _locked(self, fn: Callable[..., T], *args: object) -> T:
         with self._lock:
             return fn(*args)
+
+    def _queued_bytes(self) -> int:
+        size: int = self._conn.execute(
+            "SELECT coalesce(sum(length(body)), 0) FROM plays"
+        ).fetchone()[0]
+        return size
 
     def _meta(self, key: str, conn: sqlite3.Connection | None = None) -> str:
         row = (conn or self._conn).execute("SELECT value FROM meta WHERE key = ?", (key,))
@@ -442,14 +451,14 @@ class Journal:
     def _write(self, txn: Callable[[sqlite3.Connection], T]) -> T:
         """Run `txn` in one durable transaction; make room once if the disk is full."""
         try:
-            return _transaction(self._conn, txn)
+            return transaction(self._conn, txn)
         except sqlite3.Error as exc:
-            if not _is_full(exc):
+            if not is_full(exc):
                 raise JournalError(f"journal {self.path}: {exc}") from None
         log.error("journal %s: disk full; evicting the oldest records to make room", self.path)
         try:
             self._make_room()
-            return _transaction(self._conn, txn)
+            return transaction(self._conn, txn)
         except sqlite3.Error as exc:
             raise JournalError(f"journal {self.path}: disk full, cannot write: {exc}") from None
 
@@ -460,199 +469,12 @@ class Journal:
         with contextlib.suppress(sqlite3.Error):
             self._conn.execute("PRAGMA wal_checkpoint(RESTART)")
         release_reserve(self.path.parent)
-        self._rows -= _transaction(self._conn, self._shed)
+        gone = transaction(self._conn, self._shed)
+        self._rows -= gone.records
+        self._bytes -= gone.size
 
 
 # --- module helpers ---------------------------------------------------------
-
-
-def prepare_folder(data_dir: Path) -> Path:
-    """The data folder, created if missing; JournalError when it cannot be written."""
-    if data_dir.exists() and not data_dir.is_dir():
-        raise JournalError(f"data folder {data_dir} exists but is not a folder")
-    try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise JournalError(f"cannot create data folder {data_dir}: {exc.strerror}") from None
-    if not os.access(data_dir, os.W_OK | os.X_OK):
-        raise JournalError(f"data folder {data_dir} is not writable by this user")
-    return data_dir
-
-
-def _disk_low(data_dir: Path) -> bool:
-    """Whether the filesystem under the journal has less free space than the headroom."""
-    try:
-        st = os.statvfs(data_dir)
-    except OSError:
-        return False
-    return st.f_bavail * st.f_frsize < HEADROOM_BYTES
-
-
-def hold_reserve(data_dir: Path) -> None:
-    """Keep a reserve file of RESERVE_BYTES beside the journal, when there is room for it.
-
-    Freed when the disk fills, it gives the first eviction room to run; it is
-    taken back once deliveries have freed space again.
-    """
-    reserve = data_dir / RESERVE_FILE
-    if reserve.exists():
-        return
-    try:
-        fd = os.open(reserve, os.O_CREAT | os.O_WRONLY, 0o600)
-        try:
-            os.posix_fallocate(fd, 0, RESERVE_BYTES)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        reserve.unlink(missing_ok=True)
-
-
-def release_reserve(data_dir: Path) -> None:
-    """Give the reserve's space back to the filesystem."""
-    with contextlib.suppress(OSError):
-        (data_dir / RESERVE_FILE).unlink()
-
-
-def _connect(path: Path, device_id: str, synchronous: str = "full") -> sqlite3.Connection:
-    """Open the SQLite file, creating the journal in one transaction when it is new."""
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    try:
-        _configure(conn, synchronous)
-        if not _has_meta(conn):
-            _create(conn, device_id)
-    except sqlite3.DatabaseError:
-        conn.close()
-        raise
-    return conn
-
-
-def _open_failure(path: Path, exc: sqlite3.DatabaseError) -> str:
-    if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY:
-        return f"journal {path} is in use by another process; give each device its own folder"
-    return f"cannot open journal {path}: {exc}"
-
-
-def _configure(conn: sqlite3.Connection, synchronous: str = "full") -> None:
-    # Exclusive locking: one process per journal, and the WAL index lives in memory
-    # (no -shm file), which saves a file descriptor per device.
-    conn.execute("PRAGMA busy_timeout = 1000")
-    conn.execute("PRAGMA locking_mode = EXCLUSIVE")
-    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-    if mode != "wal":
-        raise sqlite3.DatabaseError(f"expected WAL journal mode, got {mode}")
-    conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
-    conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
-    # A small WAL, checkpointed often, keeps the data in the main file and the
-    # WAL's own space reused rather than grown: on a full disk the evictions
-    # that make room must fit in space the journal already holds.
-    conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_PAGES}")
-    check = conn.execute("PRAGMA quick_check").fetchone()[0]
-    if check != "ok":
-        raise sqlite3.DatabaseError(f"integrity check failed: {check}")
-
-
-def _has_meta(conn: sqlite3.Connection) -> bool:
-    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    if not tables:
-        return False
-    if not {"meta", "plays", "evictions"} <= tables:
-        raise sqlite3.DatabaseError(f"not a playproof journal: tables {sorted(tables)}")
-    return True
-
-
-def _create(conn: sqlite3.Connection, device_id: str) -> None:
-    journal_id = f"j-{secrets.token_hex(8)}"
-    meta = {
-        "schema": SCHEMA_VERSION,
-        "journal_id": journal_id,
-        "device_id": device_id,
-        "created_at": str(time.time_ns() // 1_000_000),
-        "last_seq": "0",
-        "evicted_total": "0",
-        "ledger_floor": "0",
-    }
-
-    def txn(c: sqlite3.Connection) -> None:
-        for statement in [*_SCHEMA.strip().split(";\n"), ledgers.SCHEMA]:
-            c.execute(statement)
-        c.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", meta.items())
-
-    _transaction(conn, txn)
-    log.info("created journal %s for device %s", journal_id, device_id)
-
-
-def _move_aside(path: Path, exc: sqlite3.DatabaseError) -> str:
-    """Rename a corrupt journal (and its WAL) out of the way; say so loudly."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    target = path.with_name(f"journal.corrupt-{stamp}")
-    try:
-        for suffix in ("", "-wal", "-shm"):
-            src = Path(f"{path}{suffix}")
-            if src.exists():
-                src.rename(Path(f"{target}{suffix}"))
-    except OSError as err:
-        raise JournalError(
-            f"journal {path} is corrupt ({exc}) and cannot be moved: {err}"
-        ) from None
-    reason = (
-        f"journal {path} was corrupt ({exc}); moved aside to {target.name}, "
-        "starting a new journal with a new journal_id (the service will see a sequence reset)"
-    )
-    log.error(reason)
-    return reason
-
-
-def _transaction(conn: sqlite3.Connection, txn: Callable[[sqlite3.Connection], T]) -> T:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        result = txn(conn)
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    return result
-
-
-def _is_full(exc: sqlite3.Error) -> bool:
-    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
-
-
-def _is_corrupt(exc: sqlite3.DatabaseError) -> bool:
-    """Corrupt or foreign content (our own checks raise without an error code)."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    return code in (None, sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
-
-
-def _seal_rows(conn: sqlite3.Connection, records: list[Record]) -> None:
-    conn.executemany(
-        "UPDATE plays SET state = 'ready', end_ts = ?, body = ? WHERE seq = ?",
-        [(r.end_ts, record_json(r), r.seq) for r in records],
-    )
-    ledgers.sealed(conn, records)
-
-
-def _add_eviction(conn: sqlite3.Connection, first: int, last: int) -> None:
-    """Extend the latest unreported range when contiguous, else start a new one."""
-    row = conn.execute(
-        "SELECT first_seq, last_seq FROM evictions ORDER BY first_seq DESC LIMIT 1"
-    ).fetchone()
-    if row is not None and row[1] + 1 == first:
-        conn.execute("UPDATE evictions SET last_seq = ? WHERE first_seq = ?", (last, row[0]))
-    else:
-        conn.execute("INSERT INTO evictions (first_seq, last_seq) VALUES (?, ?)", (first, last))
-
-
-def _runs(seqs: list[int]) -> list[tuple[int, int]]:
-    """Consecutive runs of sorted integers as (first, last) pairs."""
-    runs: list[tuple[int, int]] = []
-    for seq in seqs:
-        if runs and runs[-1][1] + 1 == seq:
-            runs[-1] = (runs[-1][0], seq)
-        else:
-            runs.append((seq, seq))
-    return runs
 
 
 def checksum_present(record: Record) -> bool:
@@ -666,3 +488,17 @@ def decode_provisional(body: bytes) -> Record:
         return msgspec.json.decode(body, type=Record)
     except msgspec.ValidationError as exc:
         raise JournalError(f"a journal row does not hold a record: {exc}") from None
+
+
+def look_back(journal: Journal, cursor: int) -> int:
+    """A sender's read cursor, moved back below any play sealed behind it since it last read."""
+    late = journal.take_late_sealed()
+    return cursor if late is None or late > cursor else late - 1
+
+
+def _seal_rows(conn: sqlite3.Connection, records: list[Record]) -> None:
+    conn.executemany(
+        "UPDATE plays SET state = 'ready', end_ts = ?, body = ? WHERE seq = ?",
+        [(r.end_ts, record_json(r), r.seq) for r in records],
+    )
+    ledgers.sealed(conn, records)

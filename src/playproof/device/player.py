@@ -137,6 +137,19 @@ def _on_signals(stop: asyncio.Event) -> None:
             loop.add_signal_handler(sig, stop.set)
 
 
+def require_full_sync(mode: str) -> None:
+    """Refuse a journal that is not `synchronous=full`: a play must be on disk before it goes on.
+
+    A real screen that loses power must not lose the plays it reported started;
+    only a simulator may trade that away (`--fast-journals`, not through here).
+    """
+    if mode != "full":
+        raise JournalError(
+            f"the player keeps its journal with synchronous=full, got synchronous={mode}: "
+            "a power cut would lose plays (fast journals are for the fleet simulator only)"
+        )
+
+
 async def run_player(
     config: DeviceConfig,
     playlist: Playlist,
@@ -150,10 +163,17 @@ async def run_player(
     """Open the device, play until SIGTERM/SIGINT (or `max_plays`), flush and close."""
     if not speed > 0:
         raise ConfigError(f"expected a speed above 0, got {speed}")
+    require_full_sync(config.journal_synchronous)
     stop = asyncio.Event()
     _on_signals(stop)
     rng = random.Random(seed)
     device = await Device.open(config, capture=capture, rng=rng)
+    try:
+        # What the connection really does, not what was asked of it.
+        require_full_sync(device.journal.synchronous)
+    except JournalError:
+        await device.close(flush_timeout_s=0)
+        raise
     log.info(
         "player running: device %s journal %s next seq %d",
         config.device_id,

@@ -275,7 +275,7 @@ class Play:
         return screenshot_moment(self.content.expected_ms, self._recorder.rng)
 
     async def _screenshot(self, moment_ms: int) -> None:
-        wait_s = (moment_ms - self.elapsed_ms()) / 1000
+        wait_s = (moment_ms - self.elapsed_ms()) / 1000 / self._recorder.clock.rate
         if await wait_event(self._ended, wait_s):
             return
         taken_at = self.elapsed_ms()

@@ -23,7 +23,7 @@ from types import TracebackType
 from typing import Any, Final
 
 from playproof.device.clock import Clock, parse_server
-from playproof.device.journal import DEFAULT_CAPACITY, Journal
+from playproof.device.journal import DEFAULT_CAPACITY, DEFAULT_QUEUE_BYTES, Journal
 from playproof.device.ledger import DEFAULT_RETENTION_MS
 from playproof.device.recorder import DEFAULT_CHECKPOINT_S, Content, Loop, Play, Recorder
 from playproof.device.screenshot import (
@@ -62,7 +62,10 @@ class DeviceConfig:
     ntp_servers: tuple[str, ...] = ()
     ntp_interval_s: float = 900.0
     ntp_timeout_s: float = 2.0
+    # The journal keeps every play younger than `policy.offline_limit_ms` (4 h);
+    # `capacity` bounds only the older ones, `journal_queue_bytes` all (eviction.py).
     capacity: int = DEFAULT_CAPACITY
+    journal_queue_bytes: int = DEFAULT_QUEUE_BYTES
     journal_max_bytes: int | None = None
     checkpoint_s: float = DEFAULT_CHECKPOINT_S
     screenshot_max_bytes: int = DEFAULT_MAX_BYTES
@@ -109,6 +112,8 @@ class Device:
             config.journal_max_bytes,
             config.ledger_retention_ms,
             synchronous=config.journal_synchronous,
+            keep_ms=config.policy.offline_limit_ms,
+            queue_max_bytes=config.journal_queue_bytes,
         )
         try:
             return await cls._assemble(config, journal, capture, clock, rng)

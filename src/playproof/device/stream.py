@@ -20,7 +20,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from playproof.device.backoff import wait_event
-from playproof.device.journal import Pending
+from playproof.device.journal import Pending, look_back
 from playproof.device.transport import (
     BadCredentials,
     Refused,
@@ -125,8 +125,14 @@ class StreamSession:
             await wait_event(self._up.ready, self._idle_s())
         while True:
             self._up.ready.clear()
+            self._cursor = look_back(journal, self._cursor)
+            in_flight = {seq for frame in self._frames.values() for seq in frame.seqs}
             rows = await journal.pending(
-                self._cursor, config.batch_records, config.batch_bytes, self._up.until_ts()
+                self._cursor,
+                config.batch_records,
+                config.batch_bytes,
+                self._up.until_ts(),
+                skip=in_flight,
             )
             if rows:
                 self._caught_up = journal.caught_up
@@ -182,7 +188,7 @@ class StreamSession:
             if frame.seqs and self._up.on_round_trip is not None:
                 self._up.on_round_trip(time.monotonic() - frame.sent_real)
         if reply.error is not None:
-            raise _refusal(reply.error)
+            raise refusal(reply.error, reply.retry_after_ms)
         if frame is None or reply.received_at is None:
             log.warning("stream: an answer for no frame in flight (id %s), ignored", reply.id)
             return
@@ -192,9 +198,12 @@ class StreamSession:
         self._probed.set()
 
 
-def _refusal(error: str) -> DeviceError:
-    if error.startswith("not committed"):
-        return RetryLater(f"stream: {error}", 1.0)
+def refusal(error: str, retry_after_ms: int | None) -> DeviceError:
+    """An error answer: send again after `retry_after_ms` when it says so, else refused."""
+    if retry_after_ms is not None:
+        return RetryLater(f"stream: {error}", max(0, retry_after_ms) / 1000)
+    # Without it the frame itself is wrong (PROTOCOL.md section 3), whatever the words
+    # say: an older service's "not committed" is resent too, after the refused backoff.
     return Refused(f"stream: frame refused: {error}")
 
 

@@ -46,7 +46,9 @@ class UplinkConfig:
     request_timeout_s: float = 30.0
     gzip: bool = True
     backoff_base_s: float = 0.5
-    backoff_cap_s: float = 60.0
+    # Low, so that a screen sends within seconds of the service answering again
+    # (jittered: a fleet does not come back in step; Retry-After slows it down).
+    backoff_cap_s: float = 5.0
     auth_backoff_s: float = 300.0
     refused_backoff_s: float = 120.0
     stream_retry_s: float = 30.0
@@ -115,6 +117,8 @@ class Reply(msgspec.Struct):
 
     id: int | None = None
     error: str | None = None
+    # PROTOCOL.md section 3: set on an error when the frame is fine, just not now.
+    retry_after_ms: int | None = None
     received_at: int | None = None
     skew_ms: int | None = None
     acks: list[AckView] = []

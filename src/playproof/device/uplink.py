@@ -33,7 +33,7 @@ from websockets.exceptions import InvalidStatus, WebSocketException
 from playproof.device.backoff import Backoff, wait_event
 from playproof.device.blocking import run_blocking
 from playproof.device.clock import Clock
-from playproof.device.journal import EvictedRange, Journal, Pending
+from playproof.device.journal import EvictedRange, Journal, Pending, look_back
 from playproof.device.ledger import outcome_of
 from playproof.device.screenshot import ScreenshotStore
 from playproof.device.stream import IDLE_POLL_S, StreamSession
@@ -327,6 +327,7 @@ class Uplink:
         while (remaining := deadline - loop.time()) > 0:
             self.check_skew()
             self.ready.clear()
+            cursor = look_back(self.journal, cursor)
             rows = await self.journal.pending(
                 cursor, self._http_records, self.config.batch_bytes, self.until_ts()
             )
@@ -488,10 +489,20 @@ class Uplink:
 
 
 def _status_failure(exc: InvalidStatus) -> DeviceError:
+    """An upgrade answered by a status: the stream cannot be had now, HTTP may.
+
+    The service tells bad credentials by closing an accepted upgrade (4401, 4403;
+    PROTOCOL.md section 3); a 401 or 403 instead of the upgrade is a proxy or a
+    firewall that refuses WebSockets, and the HTTP probe says whether the token is
+    good. So no answer here is taken for bad credentials.
+    """
     code = exc.response.status_code
     message = f"stream: HTTP {code} instead of a WebSocket upgrade"
-    if code in (401, 403):
-        return BadCredentials(message)
     if code in (429, 503):
-        return RetryLater(message)
+        return RetryLater(message, _header_seconds(exc.response.headers.get("Retry-After")))
     return TransportDown(message)
+
+
+def _header_seconds(value: str | None) -> float:
+    """A Retry-After of whole seconds, 0 when absent or not a number."""
+    return float(value) if value is not None and value.strip().isdigit() else 0.0

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import random
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final
 
@@ -31,7 +31,14 @@ SKEW_RANGES_MS: Final = (
 )
 CAMPAIGNS: Final = 24
 SUPPLIERS: Final = 8
+CONTENTS: Final = 5  # per campaign
+AD_GROUPS: Final = 3  # per campaign
 SCREENS_PER_STORE: Final = 10
+# The demo's layered banner: how long it shows, and how much of the end of the item
+# under it it covers (more than the 1.5 s the overlap rule allows). It ends after
+# that item, never inside it (screen.py `_layered` says why).
+BANNER_MS: Final = 5 * SECOND_MS
+BANNER_OVERLAP_MS: Final = 3 * SECOND_MS
 _UNITS: Final = {"ms": 1, "s": SECOND_MS, "m": MINUTE_MS, "h": HOUR_MS, "d": 24 * HOUR_MS}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?")
 
@@ -116,6 +123,11 @@ class FleetOptions:
     # Simulation-only speed-up: journals without fsync, their SQLite calls made on the
     # event loop's thread. Crashes stay exact (a crash here is in-process); see docs/fleet.md.
     fast_journals: bool = False
+    catalog: bool = True  # import the catalog that books this fleet (bookings.py) first
+    screenshots: int = 0  # screens taking proof screenshots (a simulated display each)
+    # The demo's deliberate mistakes (a layered banner, a wrong picture; bookings.py adds
+    # the catalog's own), so that verification has failures to explain.
+    breaks: bool = False
 
     def __post_init__(self) -> None:
         """Refuse a fleet that cannot run."""
@@ -123,6 +135,11 @@ class FleetOptions:
             raise ConfigError(f"expected at least 1 device, got {self.devices}")
         if self.duration_ms < 1:
             raise ConfigError(f"expected a duration above 0, got {self.duration_ms} ms")
+        if not 0 <= self.screenshots <= self.devices:
+            raise ConfigError(
+                f"expected --screenshots from 0 to the {self.devices} devices, "
+                f"got {self.screenshots}"
+            )
 
     def ramp(self) -> float:
         """Real seconds over which screens start."""
@@ -139,6 +156,7 @@ class Item:
     supplier_id: str
     duration_ms: int
     passes: int = 1
+    banner: Item | None = None  # shown on top of this item for a while (a second layer)
 
 
 @dataclass(frozen=True)
@@ -156,6 +174,13 @@ class ScreenPlan:
     offline: tuple[tuple[int, int], ...] = ()  # (from, to)
     crashes: tuple[tuple[int, int], ...] = ()  # (when, down for)
     ntp: bool = True
+    capture: bool = False  # takes proof screenshots of what it shows
+    wrong: tuple[tuple[str, str], ...] = ()  # (content, the content whose picture it shows)
+
+    @property
+    def steady(self) -> bool:
+        """Whether nothing cuts this screen off or brings it down during the run."""
+        return not self.offline and not self.crashes
 
 
 def device_ids(options: FleetOptions) -> list[str]:
@@ -168,10 +193,13 @@ def build(options: FleetOptions, speed: float) -> list[ScreenPlan]:
     """Every screen's plan, drawn from the options' seed."""
     rng = random.Random(options.seed)
     ramp_ms = options.ramp() * 1000 * speed
-    return [
+    screens = [
         _screen(options, rng, i, device_id, round(ramp_ms * i / options.devices))
         for i, device_id in enumerate(device_ids(options))
     ]
+    # After every draw, so that the same seed still gives the same screens and faults.
+    screens = _capturing(screens, options.screenshots)
+    return _broken(screens) if options.breaks else screens
 
 
 def _screen(
@@ -203,14 +231,68 @@ def _playlist(options: FleetOptions, rng: random.Random) -> tuple[Item, ...]:
         items.append(
             Item(
                 campaign_id=f"cmp-{campaign:03d}",
-                ad_group_id=f"ag-{campaign:03d}-{rng.randrange(3)}",
-                content_id=f"cnt-{campaign:03d}-{rng.randrange(5)}",
+                ad_group_id=f"ag-{campaign:03d}-{rng.randrange(AD_GROUPS)}",
+                content_id=f"cnt-{campaign:03d}-{rng.randrange(CONTENTS)}",
                 supplier_id=f"sup-{campaign % SUPPLIERS:02d}",
                 duration_ms=rng.randint(low, high) // 1000 * 1000 or low,
                 passes=passes,
             )
         )
     return tuple(items)
+
+
+def _capturing(screens: list[ScreenPlan], count: int) -> list[ScreenPlan]:
+    """`count` screens spread over the fleet take screenshots, steady ones first."""
+    if count == 0:
+        return screens
+    step = len(screens) / count
+    chosen = {_steady_near(screens, int(i * step), int((i + 1) * step)) for i in range(count)}
+    return [replace(s, capture=True) if i in chosen else s for i, s in enumerate(screens)]
+
+
+def _steady_near(screens: list[ScreenPlan], low: int, high: int) -> int:
+    """The first steady screen in [low, high), else `low`."""
+    return next((i for i in range(low, high) if screens[i].steady), low)
+
+
+def _broken(screens: list[ScreenPlan]) -> list[ScreenPlan]:
+    """The demo's screen-side mistakes: one screen layers a banner, one shows a wrong picture.
+
+    The banner goes on the first steady screen that takes no screenshots, over its
+    first item (a booking of one zone, so plays overlap); the wrong picture on the
+    first steady capturing screen, for its first item's content.
+    """
+    out = list(screens)
+    plain = [i for i, s in enumerate(out) if not s.capture]
+    capturing = [i for i, s in enumerate(out) if s.capture]
+    if plain:
+        i = next((j for j in plain if out[j].steady), plain[0])
+        first, *rest = out[i].playlist
+        out[i] = replace(out[i], playlist=(replace(first, banner=banner_for(first)), *rest))
+    if capturing:
+        i = next((j for j in capturing if out[j].steady), capturing[0])
+        content = out[i].playlist[0].content_id
+        out[i] = replace(out[i], wrong=((content, other_content(content)),))
+    return out
+
+
+def banner_for(item: Item) -> Item:
+    """A short banner of the item's campaign (another of its contents) to layer on it."""
+    return replace(
+        item,
+        content_id=other_content(item.content_id, same_campaign=True),
+        duration_ms=BANNER_MS,
+        passes=1,
+    )
+
+
+def other_content(content_id: str, same_campaign: bool = False) -> str:
+    """Another content: the next of the same campaign, or the same slot of the next campaign."""
+    _, campaign, slot = content_id.split("-")
+    c, k = int(campaign), int(slot)
+    if same_campaign:
+        return f"cnt-{c:03d}-{(k + 1) % CONTENTS}"
+    return f"cnt-{(c + 1) % CAMPAIGNS:03d}-{k}"
 
 
 def _skew(rng: random.Random, index: int, most_ms: int) -> int:

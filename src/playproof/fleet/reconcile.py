@@ -19,8 +19,10 @@ the same checksum, a `duplicate` ack for a record the service does not hold, or
 one play (same start and content) recorded under two sequences. Impressions at
 or below a ledger's floor (pruned by its retention) are outside the window.
 Device-side outcomes are cross-checked with the service's state; differences
-are reported as mismatches. The run fails when anything is lost or counted
-twice, or when a journal cannot be read.
+are reported as mismatches. Verification is accounted for too (`accounting.py`):
+every valid play held is verified, failed, or pending with a reason to wait.
+The run fails when anything is lost or counted twice, when a journal cannot be
+read, or when a valid play is stuck in verification (or outside it).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from typing import Any, Final
 from playproof.device.journal import JOURNAL_FILE
 from playproof.device.ledger import EVICTED, LedgerRow, LedgerView, read_ledger
 from playproof.errors import JournalError
+from playproof.fleet.accounting import Requirements, Verification, Waits, account, rows_of
 from playproof.stores.base import Store
 
 GROUP: Final = 500  # devices per read of the service
@@ -115,14 +118,16 @@ class Reconciliation:
     total: Tally = field(default_factory=Tally)
     findings: list[Finding] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    verification: Verification = field(default_factory=Verification)
     journals: int = 0
     rows: int = 0
     seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
-        """Nothing lost, nothing counted twice, every journal read."""
-        return self.total.lost == 0 and self.total.double == 0 and not self.errors
+        """Nothing lost, nothing counted twice, every journal read, no valid play stuck."""
+        lost_or_twice = self.total.lost or self.total.double
+        return not lost_or_twice and not self.errors and self.verification.ok
 
     @property
     def rows_per_s(self) -> float:
@@ -142,6 +147,7 @@ class Reconciliation:
             "devices": {d: t.as_dict() for d, t in sorted(self.devices.items())},
             "findings": [f.__dict__ for f in self.findings],
             "errors": self.errors,
+            "verification": self.verification.as_dict(),
             "journals": self.journals,
             "rows": self.rows,
             "seconds": round(self.seconds, 3),
@@ -178,11 +184,23 @@ def _read_one(path: Path) -> LedgerView | str:
 
 
 async def reconcile(
-    store: Store, views: Sequence[LedgerView], errors: Iterable[str] = ()
+    store: Store,
+    views: Sequence[LedgerView],
+    errors: Iterable[str] = (),
+    waits: Waits | None = None,
 ) -> Reconciliation:
-    """Compare the devices' ledgers with what the service holds of those devices."""
+    """Compare the devices' ledgers with what the service holds of those devices.
+
+    With `waits` (the service's clock now, and its settle and grace times), a valid
+    play pending with nothing to wait for fails the run; without, pending is counted.
+    """
     started = time.perf_counter()
     result = Reconciliation(errors=list(errors), journals=len(views))
+    needs = await Requirements.load(store)
+
+    def note(device_id: str, journal_id: str, seq: int, kind: str, detail: str) -> None:
+        result.note(Finding(device_id, journal_id, seq, kind, detail))
+
     by_device: dict[str, list[LedgerView]] = defaultdict(list)
     for view in views:
         by_device[view.device_id].append(view)
@@ -197,15 +215,18 @@ async def reconcile(
             _compare(
                 result, device_id, by_device[device_id], impressions[device_id], rejects[device_id]
             )
+        account(result.verification, await rows_of(store, group), needs, waits, note)
     result.seconds = time.perf_counter() - started
     return result
 
 
-async def reconcile_folder(store: Store, devices_dir: Path) -> Reconciliation:
+async def reconcile_folder(
+    store: Store, devices_dir: Path, waits: Waits | None = None
+) -> Reconciliation:
     """Reconcile every device whose folder is under `devices_dir` (devices stopped)."""
     started = time.perf_counter()
     views, errors = await asyncio.to_thread(read_ledgers, journal_files(devices_dir))
-    result = await reconcile(store, views, errors)
+    result = await reconcile(store, views, errors, waits)
     result.seconds = time.perf_counter() - started
     return result
 

@@ -11,6 +11,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from playproof.fleet.accounting import Verification
 from playproof.fleet.reconcile import Reconciliation, Tally
 
 SHOW_DEVICES: Final = 20
@@ -76,6 +77,7 @@ def render(result: Reconciliation, show_all: bool = False) -> RenderableType:
     if hidden > 0:
         parts.append(Text(f"  ... and {hidden:,} more devices (--all shows every one)", "dim"))
     parts.append(_reasons(result.total))
+    parts.append(verification_line(result.verification))
     parts.extend(_findings(result))
     parts.append(verdict(result))
     return Group(*parts)
@@ -86,6 +88,26 @@ def _reasons(total: Tally) -> RenderableType:
         return Text("  rejected by reason: none")
     shown = ", ".join(f"{reason} {n:,}" for reason, n in sorted(total.rejected.items()))
     return Text(f"  rejected by reason: {shown}")
+
+
+def verification_line(tally: Verification) -> Text:
+    """The valid plays by verification status, failures by reason, the pending by cause."""
+    pending = sum(tally.pending.values())
+    line = (
+        f"  verification of {tally.valid:,} valid plays: {tally.verified:,} verified, "
+        f"{tally.failed:,} failed{_counts(tally.reasons)}, {pending:,} pending"
+        f"{_counts(tally.pending)}"
+    )
+    if tally.unaccounted:
+        line += f", {tally.unaccounted:,} with no verification status"
+    if tally.partial_judged:
+        line += f"; {tally.partial_judged:,} partial plays judged"
+    return Text(line, "" if tally.ok else "red")
+
+
+def _counts(counts: dict[str, int]) -> str:
+    shown = ", ".join(f"{name} {n:,}" for name, n in sorted(counts.items()) if n)
+    return f" ({shown})" if shown else ""
 
 
 def _findings(result: Reconciliation) -> list[RenderableType]:
@@ -109,12 +131,20 @@ def verdict(result: Reconciliation) -> Text:
     if result.ok:
         evicted = f", {total.evicted:,} evicted (reported by the devices)" if total.evicted else ""
         return Text(
-            f"CLEAN: every play accounted for, none lost, none counted twice{evicted}; {speed}",
+            f"CLEAN: every play accounted for, none lost, none counted twice, every valid "
+            f"play verified, failed or waiting for a reason{evicted}; {speed}",
             "bold green",
         )
     problems = [f"{total.lost:,} lost", f"{total.double:,} counted twice"]
     if result.errors:
         problems.append(f"{len(result.errors)} journal(s) unreadable")
+    checked = result.verification
+    if checked.stuck or checked.unaccounted:
+        problems.append(
+            f"{checked.stuck + checked.unaccounted:,} valid plays stuck in verification"
+        )
+    if checked.partial_judged:
+        problems.append(f"{checked.partial_judged:,} partial plays judged")
     return Text(f"FAILED: {', '.join(problems)}; {speed}", "bold red")
 
 

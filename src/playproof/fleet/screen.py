@@ -8,6 +8,9 @@ uplink's simulation switch); and at its crash times the player dies: its task
 is cancelled, wherever it is, the device abandoned without ending anything, and
 after the downtime it opens again on the same data folder, so the journal
 closes the interrupted play as `device_restart` and the sequence resumes.
+A screen planned to `capture` takes proof screenshots of what it shows through
+a simulated display (`pictures.SimulatedCapture`); an item with a `banner` has
+a second, short play layered on it (two contents on screen at once).
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from playproof.device.backoff import wait_event
 from playproof.device.clock import parse_server
 from playproof.device.transport import HTTP, STREAM
 from playproof.errors import JournalError, PlayproofError
-from playproof.fleet.plan import FleetOptions, Item, ScreenPlan
+from playproof.fleet.pictures import SimulatedCapture
+from playproof.fleet.plan import BANNER_OVERLAP_MS, FleetOptions, Item, ScreenPlan
 from playproof.fleet.simclock import SimClock
 from playproof.protocol import EndReason
 
@@ -122,6 +126,7 @@ class Screen:
         self.raw = ScreenClock(ctx.clock, plan.skew_ms)
         self.device: Device | None = None
         self.offline = False
+        self.showing: str | None = None  # the content on screen now (what a capture shows)
         self.started = False
         self.down = False
         self.failed: str | None = None
@@ -223,6 +228,42 @@ class Screen:
             await self._play(device, item, stop)
 
     async def _play(self, device: Device, item: Item, stop: asyncio.Event) -> None:
+        self.showing = item.content_id
+        try:
+            if item.banner is None:
+                await self._play_one(device, item, stop)
+            else:
+                await self._layered(device, item, item.banner, stop)
+        finally:
+            self.showing = None
+
+    async def _layered(self, device: Device, item: Item, banner: Item, stop: asyncio.Event) -> None:
+        """The item, and a banner on top of its end that stays up until the item is done.
+
+        The banner always ends after the item under it: the SDK's stream delivers in
+        sequence order from a cursor, so a later play sealed before an earlier one
+        would wait for the next connection (a finding, reported, not worked around
+        beyond this).
+        """
+        under_done = asyncio.Event()
+
+        async def under() -> None:
+            try:
+                await self._play_one(device, item, stop)
+            finally:
+                under_done.set()
+
+        async def over() -> None:
+            start_ms = max(0, item.duration_ms - BANNER_OVERLAP_MS)
+            if not await wait_event(stop, self.seconds(start_ms)):
+                await self._play_one(device, banner, stop, hold=under_done)
+
+        await asyncio.gather(under(), over())
+
+    async def _play_one(
+        self, device: Device, item: Item, stop: asyncio.Event, hold: asyncio.Event | None = None
+    ) -> None:
+        """One play; with `hold`, it does not end before that event is set."""
         content = Content(
             campaign_id=item.campaign_id,
             ad_group_id=item.ad_group_id,
@@ -243,6 +284,8 @@ class Screen:
         reason, share = self._fate()
         if await wait_event(stop, self.seconds(item.duration_ms * share)):
             reason = "interrupted"
+        if hold is not None:
+            await hold.wait()
         await self._end(play, reason)
 
     async def _loop(self, play: Play, item: Item, stop: asyncio.Event) -> None:
@@ -279,7 +322,9 @@ class Screen:
     # --- the device -----------------------------------------------------------
 
     async def _open(self) -> Device:
-        device = await Device.open(self._config(), capture=None, clock=self._clock(), rng=self.rng)
+        device = await Device.open(
+            self._config(), capture=self._capture(), clock=self._clock(), rng=self.rng
+        )
         self.down = False
         self.recorded += len(device.recovered)
         if device.uplink is not None:
@@ -288,6 +333,11 @@ class Screen:
                 device.uplink.set_offline(True)
         return device
 
+    def _capture(self) -> SimulatedCapture | None:
+        if not self.plan.capture:
+            return None
+        return SimulatedCapture(lambda: self.showing, self.raw.wall, dict(self.plan.wrong))
+
     def _config(self) -> DeviceConfig:
         speed = self.ctx.clock.speed
         options = self.ctx.options
@@ -295,7 +345,7 @@ class Screen:
             server_url=self.ctx.server_url,
             token=self.token,
             backoff_base_s=min(0.5, max(0.05, 0.5 / speed)),
-            backoff_cap_s=min(60.0, max(MIN_BACKOFF_CAP_S, 60.0 / speed)),
+            backoff_cap_s=min(5.0, max(MIN_BACKOFF_CAP_S, 5.0 / speed)),
             stream_retry_s=min(30.0, max(MIN_BACKOFF_CAP_S, 30.0 / speed)),
             status_interval_s=min(60.0, max(MIN_STATUS_S, 60.0 / speed)),
         )
@@ -321,6 +371,7 @@ class Screen:
             # Resync within the hour of simulated time that keeps records synced.
             interval_s=max(0.5, self.seconds(15 * 60 * 1000)),
             timeout_s=2.0,
+            rate=self.ctx.clock.speed,
         )
 
     def _fold(self, device: Device) -> None:

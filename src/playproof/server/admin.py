@@ -13,7 +13,7 @@ from playproof.protocol import check_id as protocol_check_id
 from playproof.rules import DEFAULT_POLICY, Policy
 from playproof.server.auth import hash_token, new_token
 from playproof.server.ingest import wall_clock_ms
-from playproof.server.sequences import device_sequences
+from playproof.server.sequences import device_sequences, evicted_count
 from playproof.stores import open_store
 from playproof.stores.base import DeviceInfo, Store
 
@@ -82,7 +82,8 @@ async def device_health(
     if status is not None:
         health["status"] = msgspec.to_builtins(status.status)
         health["status_received_at"] = status.received_at
-        health["evicted_total"] = status.evicted_total
+        health["evicted_total"] = evicted_count(status.evicted_ranges)
         health["evicted_ranges"] = [list(r) for r in status.evicted_ranges]
-    health["sequences"] = device_sequences(await store.journals(device_id), now, policy)
+    evicted = status.evicted_ranges if status is not None else ()
+    health["sequences"] = device_sequences(await store.journals(device_id), now, policy, evicted)
     return health

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -20,11 +21,20 @@ from starlette.websockets import WebSocket
 
 from playproof import errors
 from playproof.protocol import MAX_BATCH_BYTES, encode
-from playproof.server import formats, openapi, reports
+from playproof.server import (
+    catalogs,
+    exports,
+    formats,
+    openapi,
+    params,
+    reports,
+    statements,
+    verification_report,
+)
 from playproof.server.bodies import read_body, require_content_type
 from playproof.server.service import Service
 from playproof.server.stream import serve_stream
-from playproof.stores.base import DeviceInfo
+from playproof.stores.base import DeviceInfo, OperatorInfo
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +54,7 @@ STATUS_OF: tuple[tuple[type[errors.PlayproofError], int], ...] = (
     (errors.NotFound, 404),
     (errors.Conflict, 409),
     (errors.StoreError, 503),
+    (errors.Overloaded, 503),
 )
 
 
@@ -59,7 +70,8 @@ def _service(request: Request | WebSocket) -> Service:
 
 async def _caller(service: Service, request: Request) -> DeviceInfo:
     """The authenticated device, within its rate limit."""
-    device = await service.auth.device(request.headers.get("authorization"))
+    with service.guard.watch(service.guard.client(request)) as before_lookup:
+        device = await service.auth.device(request.headers.get("authorization"), before_lookup)
     service.rate.check(device.device_id)
     return device
 
@@ -91,12 +103,27 @@ async def put_screenshot(request: Request) -> Response:
     if not SHA256.match(sha256):
         raise errors.ProtocolError(f"expected a lowercase hex SHA-256 in the path, got {sha256!r}")
     media = require_content_type(request, tuple(IMAGE_MAGIC))
-    body = await read_body(request, service.limits.screenshot_bytes, service.limits.body_timeout_s)
+    limit = service.limits.screenshot_bytes
+    # Refused before the body is read when its declared length is over the quota (429).
+    await service.quota.check(device.device_id, min(_declared_length(request), limit))
+    body = await read_body(request, limit, service.limits.body_timeout_s)
     if not body.startswith(IMAGE_MAGIC[media]):
         raise errors.ProtocolError(f"expected a {media} body, got bytes that are not one")
-    created = await asyncio.to_thread(service.store.blobs.put, sha256, body)
-    await service.store.add_screenshot(sha256, media, len(body), device.device_id, service.clock())
+    service.quota.charge(device.device_id, len(body))
+    try:
+        created = await asyncio.to_thread(service.store.blobs.put, sha256, body)
+        await service.store.add_screenshot(
+            sha256, media, len(body), device.device_id, service.clock()
+        )
+    except errors.StoreError:
+        service.quota.refund(device.device_id, len(body))
+        raise
     return json_response({"sha256": sha256, "size": len(body)}, 201 if created else 200)
+
+
+def _declared_length(request: Request) -> int:
+    value = request.headers.get("content-length", "")
+    return int(value) if value.isascii() and value.isdigit() else 0
 
 
 async def healthz(request: Request) -> Response:
@@ -148,8 +175,16 @@ STATIC = Path(__file__).with_name("static")
 async def _operator(request: Request) -> Service:
     """The service, once the caller is known to be an operator."""
     service = _service(request)
-    await service.operator_auth.operator(request.headers.get("authorization"))
+    await _operator_of(service, request)
     return service
+
+
+async def _operator_of(service: Service, request: Request) -> OperatorInfo:
+    """The operator calling, its failures counted against its address (guard.py)."""
+    with service.guard.watch(service.guard.client(request)) as before_lookup:
+        return await service.operator_auth.operator(
+            request.headers.get("authorization"), before_lookup
+        )
 
 
 def _kind(request: Request) -> str:
@@ -195,6 +230,13 @@ async def get_delivery(request: Request) -> Response:
     return table_response(table, _kind(request))
 
 
+async def get_verification_report(request: Request) -> Response:
+    """GET /v1/reports/verification."""
+    service = await _operator(request)
+    table = await verification_report.verification(service.store, request.query_params)
+    return table_response(table, _kind(request))
+
+
 async def get_reject_counts(request: Request) -> Response:
     """GET /v1/reports/rejects."""
     service = await _operator(request)
@@ -212,7 +254,11 @@ async def get_devices(request: Request) -> Response:
     """GET /v1/devices: every device's health summary."""
     service = await _operator(request)
     views = await reports.devices(
-        service.store, request.query_params, service.clock(), service.policy
+        service.store,
+        request.query_params,
+        service.clock(),
+        service.policy,
+        service.quota.refused(),
     )
     kind = _kind(request)
     if kind == "json":
@@ -224,8 +270,9 @@ async def get_device(request: Request) -> Response:
     """GET /v1/devices/{device_id}: one device's health in full."""
     service = await _operator(request)
     device_id = request.path_params["device_id"]
+    refused = service.quota.refused().get(device_id, 0)
     return json_response(
-        await reports.device(service.store, device_id, service.clock(), service.policy)
+        await reports.device(service.store, device_id, service.clock(), service.policy, refused)
     )
 
 
@@ -235,16 +282,156 @@ async def get_live(request: Request) -> Response:
     return json_response(reports.live(service.metrics, request.query_params, service.clock()))
 
 
+async def put_catalog(request: Request) -> Response:
+    """PUT /v1/catalog (?replace=true makes the catalog exactly the document)."""
+    service = await _operator(request)
+    replace = _flag(request, "replace")
+    require_content_type(request, (JSON,))
+    body = await read_body(request, catalogs.MAX_CATALOG_BYTES, service.limits.body_timeout_s)
+    changes = await catalogs.import_catalog(service.store, body, replace, service.clock())
+    version = (await service.store.load_catalog()).version
+    return json_response(
+        {"version": version, "changes": [catalogs.change_view(c) for c in changes]}
+    )
+
+
+async def get_catalog(request: Request) -> Response:
+    """GET /v1/catalog: the active entries, as one document."""
+    service = await _operator(request)
+    return Response(await catalogs.show(service.store), media_type=JSON)
+
+
+async def put_reference(request: Request) -> Response:
+    """PUT /v1/contents/{content_id}/reference: a reference image of a content."""
+    service = await _operator(request)
+    content_id = params.id_value("content_id", request.path_params["content_id"])
+    media = require_content_type(request, tuple(IMAGE_MAGIC))
+    body = await read_body(request, service.limits.screenshot_bytes, service.limits.body_timeout_s)
+    if not body.startswith(IMAGE_MAGIC[media]):
+        raise errors.ProtocolError(f"expected a {media} body, got bytes that are not one")
+    found = await catalogs.add_reference(service.store, content_id, body, service.clock())
+    return json_response(found, 201 if found["created"] else 200)
+
+
+async def get_references(request: Request) -> Response:
+    """GET /v1/contents/{content_id}/reference: a content's reference images."""
+    service = await _operator(request)
+    content_id = params.id_value("content_id", request.path_params["content_id"])
+    return json_response(await catalogs.references_view(service.store, content_id))
+
+
+async def get_reference_image(request: Request) -> Response:
+    """GET /v1/contents/{content_id}/references/{sha256}: one reference picture."""
+    service = await _operator(request)
+    content_id = params.id_value("content_id", request.path_params["content_id"])
+    sha256 = request.path_params["sha256"]
+    if not SHA256.match(sha256):
+        raise errors.ProtocolError(f"expected a lowercase hex SHA-256 in the path, got {sha256!r}")
+    data, media = await catalogs.reference_image(service.store, content_id, sha256)
+    return Response(data, media_type=media, headers={"Cache-Control": "private, max-age=86400"})
+
+
+async def get_verification(request: Request) -> Response:
+    """GET /v1/verification: the verifier's queue and lag."""
+    service = await _operator(request)
+    return json_response(await catalogs.verification_status(service.store, service.clock()))
+
+
+# --- buyer exports (server/exports.py): a new export is recorded before its first byte
+
+
+async def _buyer_export(request: Request, buyer: str) -> Response:
+    service = await _operator(request)
+    info, body = await exports.open_export(
+        service.store,
+        buyer,
+        request.query_params,
+        service.clock(),
+        service.limits.dv360_seller_id,
+    )
+    first = await anext(body)  # a store that cannot answer fails before the status line
+    return StreamingResponse(
+        formats.prepend(first, body), media_type=exports.MEDIA[buyer], headers=exports.headers(info)
+    )
+
+
+async def get_dv360_export(request: Request) -> Response:
+    """GET /v1/exports/dv360: batchCreate request bodies, one a line (since=last, from/to, or
+    export_id); the export's id in X-Playproof-Export-Id."""
+    return await _buyer_export(request, "dv360")
+
+
+async def get_playout_export(request: Request) -> Response:
+    """GET /v1/exports/playout: a UK Playout digital CSV file (since=last, from/to, or
+    export_id); the export's id in X-Playproof-Export-Id."""
+    return await _buyer_export(request, "playout")
+
+
+async def get_export(request: Request) -> Response:
+    """GET /v1/exports/{export_id}: what an export was asked and holds, and why plays were
+    listed apart."""
+    service = await _operator(request)
+    export_id = exports.export_id_value("export_id", request.path_params["export_id"])
+    params.Params(request.query_params, ())
+    return json_response(await exports.summary(service.store, export_id))
+
+
+async def get_export_skipped(request: Request) -> Response:
+    """GET /v1/exports/{export_id}/skipped: the plays an export listed apart, with reasons."""
+    service = await _operator(request)
+    export_id = exports.export_id_value("export_id", request.path_params["export_id"])
+    params.Params(request.query_params, ("format",))
+    kind = _kind(request)
+    body = exports.skipped_body(service.store, export_id, kind)
+    first = await anext(body)
+    return StreamingResponse(formats.prepend(first, body), media_type=exports.SKIPPED_MEDIA[kind])
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def by_method(get: Handler, put: Handler) -> Handler:
+    """One endpoint for a path read with GET and written with PUT."""
+
+    async def endpoint(request: Request) -> Response:
+        return await (put if request.method == "PUT" else get)(request)
+
+    return endpoint
+
+
+def _flag(request: Request, name: str) -> bool:
+    value = request.query_params.get(name, "false")
+    if value not in ("true", "false"):
+        raise errors.ProtocolError(f"expected `{name}` as true or false, got {value[:40]!r}")
+    return value == "true"
+
+
 async def get_operator(request: Request) -> Response:
     """GET /v1/operator: who the token belongs to (the dashboard's login check)."""
-    service = _service(request)
-    found = await service.operator_auth.operator(request.headers.get("authorization"))
+    found = await _operator_of(_service(request), request)
     return json_response({"name": found.name})
 
 
 async def dashboard(request: Request) -> Response:
     """GET /: the operators' dashboard (it asks for the token itself)."""
     return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+# --- billing statements (server/statements.py) ---
+
+
+async def get_billing(request: Request) -> Response:
+    """GET /v1/reports/billing: a period's statement; a final one exactly as it was kept."""
+    service = await _operator(request)
+    document = await statements.billing_statement(
+        service.store, request.query_params, service.clock(), service.policy
+    )
+    return Response(document, media_type=JSON)
+
+
+async def statement_page(request: Request) -> Response:
+    """GET /statement.html: the printable statement, one supplier a page (it reads the API)."""
+    return FileResponse(STATIC / "statement.html", headers={"Cache-Control": "no-cache"})
 
 
 async def stream(ws: WebSocket) -> None:
@@ -268,17 +455,21 @@ async def on_playproof_error(request: Request, exc: Exception) -> Response:
     response = json_response({"error": str(exc)}, status)
     if isinstance(exc, errors.Unauthenticated):
         response.headers["WWW-Authenticate"] = "Bearer"
-    if isinstance(exc, errors.RateLimited):
-        response.headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
-    if status == 503:
+    # Rate limits, quotas and overload say how long; a store outage does not.
+    retry_after_s = getattr(exc, "retry_after_s", None)
+    if retry_after_s is not None:
+        response.headers["Retry-After"] = str(max(1, math.ceil(retry_after_s)))
+    elif status == 503:
         response.headers["Retry-After"] = "1"
     return response
 
 
 async def on_http_error(request: Request, exc: Exception) -> Response:
-    """Starlette's own errors (404, 405) as JSON too."""
+    """Starlette's own errors (404, 405) as JSON too, with their headers (405's `Allow`)."""
     assert isinstance(exc, HTTPException)
-    return json_response({"error": exc.detail}, exc.status_code)
+    response = json_response({"error": exc.detail}, exc.status_code)
+    response.headers.update(exc.headers or {})
+    return response
 
 
 async def on_unexpected(request: Request, exc: Exception) -> Response:
@@ -316,11 +507,31 @@ def create_app(service: Service) -> Starlette:
                 methods=["GET"],
             ),
             Route("/v1/reports/delivery", get_delivery, methods=["GET"]),
+            Route("/v1/reports/verification", get_verification_report, methods=["GET"]),
             Route("/v1/reports/rejects", get_reject_counts, methods=["GET"]),
             Route("/v1/rejects", get_rejects, methods=["GET"]),
             Route("/v1/devices", get_devices, methods=["GET"]),
             Route("/v1/devices/{device_id}", get_device, methods=["GET"]),
             Route("/v1/live", get_live, methods=["GET"]),
+            # One route per path, so that a 405 names every method the path takes.
+            Route("/v1/catalog", by_method(get_catalog, put_catalog), methods=["GET", "PUT"]),
+            Route(
+                "/v1/contents/{content_id}/reference",
+                by_method(get_references, put_reference),
+                methods=["GET", "PUT"],
+            ),
+            Route(
+                "/v1/contents/{content_id}/references/{sha256}",
+                get_reference_image,
+                methods=["GET"],
+            ),
+            Route("/v1/verification", get_verification, methods=["GET"]),
+            Route("/v1/exports/dv360", get_dv360_export, methods=["GET"]),
+            Route("/v1/exports/playout", get_playout_export, methods=["GET"]),
+            Route("/v1/exports/{export_id}", get_export, methods=["GET"]),
+            Route("/v1/exports/{export_id}/skipped", get_export_skipped, methods=["GET"]),
+            Route("/v1/reports/billing", get_billing, methods=["GET"]),
+            Route("/statement.html", statement_page, methods=["GET"]),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ],
         exception_handlers={

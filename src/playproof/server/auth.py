@@ -22,6 +22,8 @@ TOKEN_PREFIX: Final = "ppd_"  # noqa: S105 (a prefix, not a secret)
 CACHE_SECONDS: Final = 2.0
 
 T = TypeVar("T")
+# Called before a token is looked up in the store; raises to refuse (auth failures, guard.py).
+BeforeLookup = Callable[[], None]
 
 
 def new_token(prefix: str = TOKEN_PREFIX) -> str:
@@ -63,11 +65,16 @@ class TokenCache(Generic[T]):
         self._max_entries = max_entries
         self._entries: dict[str, tuple[float, T]] = {}
 
-    async def get(self, token_hash: str) -> T:
-        """The cached answer for a token hash, looked up again once it is older than `seconds`."""
+    async def get(self, token_hash: str, before_lookup: BeforeLookup | None = None) -> T:
+        """The cached answer for a token hash, looked up again once it is older than `seconds`.
+
+        `before_lookup` runs only when the store is to be asked, and may refuse by raising.
+        """
         hit = self._entries.get(token_hash)
         if hit is not None and hit[0] > time.monotonic():
             return hit[1]
+        if before_lookup is not None:
+            before_lookup()
         found = await self._lookup(token_hash)
         if len(self._entries) >= self._max_entries:
             self._entries.clear()
@@ -82,17 +89,21 @@ class Authenticator:
         self._store = store
         self._cache = TokenCache(self._find, cache_seconds)
 
-    async def device(self, authorization: str | None) -> DeviceInfo:
+    async def device(
+        self, authorization: str | None, before_lookup: BeforeLookup | None = None
+    ) -> DeviceInfo:
         """The caller's device; Unauthenticated (unknown) or Forbidden (revoked) otherwise."""
-        return await self.device_by_hash(hash_token(bearer_token(authorization)))
+        return await self.device_by_hash(hash_token(bearer_token(authorization)), before_lookup)
 
-    async def device_by_hash(self, wanted: str) -> DeviceInfo:
+    async def device_by_hash(
+        self, wanted: str, before_lookup: BeforeLookup | None = None
+    ) -> DeviceInfo:
         """The device holding a token hash, checked again at most every cache period.
 
         An open stream calls this on every frame, so that a revocation or a
         rotation reaches connections opened before it within the cache time.
         """
-        device = await self._cache.get(wanted)
+        device = await self._cache.get(wanted, before_lookup)
         if device is None:
             raise Unauthenticated("unknown token")
         if device.revoked_at is not None:

@@ -9,20 +9,30 @@ an operator should look at; the thresholds are below and in docs/operators.md.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Final, NamedTuple
 
 from playproof.errors import NotFound
 from playproof.protocol import Status, decode_status
 from playproof.rules import HOUR_MS, MINUTE_MS, Policy
 from playproof.server.admin import device_health
-from playproof.server.sequences import device_sequences
+from playproof.server.sequences import EvictedRanges, device_sequences, evicted_count
 from playproof.stores import queries
 from playproof.stores.base import DeviceInfo, JournalInfo, Store
 
 OFFLINE_AFTER_MS: Final = 5 * MINUTE_MS  # a device sends a status every minute
 DRIFT_PPM: Final = 100.0  # about 8.6 s a day
 RESTARTS_WINDOW_MS: Final = 24 * HOUR_MS
-PROBLEMS: Final = ("revoked", "offline", "skewed", "unsynced", "drifting", "gaps", "lost")
+PROBLEMS: Final = (
+    "revoked",
+    "offline",
+    "skewed",
+    "unsynced",
+    "drifting",
+    "gaps",
+    "lost",
+    "screenshot_quota",
+)
 
 
 class _Seen(NamedTuple):
@@ -68,6 +78,7 @@ def _problems(summary: dict[str, Any], now: int, policy: Policy) -> list[str]:
         "drifting": drift is not None and abs(drift) > DRIFT_PPM,
         "gaps": summary["open_gaps"] > 0,
         "lost": summary["lost"] > 0,
+        "screenshot_quota": summary["screenshots_refused"] > 0,
     }
     return [name for name in PROBLEMS if found[name]]
 
@@ -79,9 +90,16 @@ def summarize(
     restarts: int,
     now: int,
     policy: Policy,
+    screenshots_refused: int = 0,
+    *,
+    evicted: EvictedRanges = (),
 ) -> dict[str, Any]:
-    """One device's summary as plain values (times in epoch ms; the routes format them)."""
-    seqs = device_sequences(journals, now, policy)
+    """One device's summary as plain values (times in epoch ms; the routes format them).
+
+    `screenshots_refused`: uploads refused over the screenshot quota today, which only
+    the running service knows (quota.py).
+    """
+    seqs = device_sequences(journals, now, policy, evicted)
     heard = [j.last_seen for j in journals] + ([seen.received_at] if seen else [])
     summary: dict[str, Any] = {
         "device_id": device.device_id,
@@ -98,16 +116,26 @@ def summarize(
         "lost_ranges": sum(len(j["lost_ranges"]) for j in seqs["journals"]),
         "resets": seqs["resets"],
         "restarts": restarts,
+        "screenshots_refused": screenshots_refused,
     }
     summary["problems"] = _problems(summary, now, policy)
     return summary
 
 
-async def fleet(store: Store, now: int, policy: Policy) -> list[dict[str, Any]]:
-    """Every registered device's summary, by id: a handful of queries, whatever the fleet."""
+async def fleet(
+    store: Store, now: int, policy: Policy, refused: Mapping[str, int] | None = None
+) -> list[dict[str, Any]]:
+    """Every registered device's summary, by id: a handful of queries, whatever the fleet.
+
+    `refused`: screenshot uploads refused over quota today, per device.
+    """
+    refused = refused or {}
+    evictions = await queries.evicted_ranges(store)
     seen = {
-        device: _Seen(at, decode_status(payload.encode()), evicted)
-        for device, at, payload, evicted in await queries.statuses(store)
+        # Distinct evicted sequences, not the sum of the statuses' counts: a status
+        # resent after a lost answer must not count its evictions twice.
+        device: _Seen(at, decode_status(payload.encode()), evicted_count(evictions.get(device, ())))
+        for device, at, payload, _ in await queries.statuses(store)
     }
     by_device: dict[str, list[JournalInfo]] = {}
     for journal in await store.journals():
@@ -121,21 +149,28 @@ async def fleet(store: Store, now: int, policy: Policy) -> list[dict[str, Any]]:
             restarts.get(d.device_id, 0),
             now,
             policy,
+            refused.get(d.device_id, 0),
+            evicted=evictions.get(d.device_id, ()),
         )
         for d in await store.list_devices()
     ]
 
 
-async def device_detail(store: Store, device_id: str, now: int, policy: Policy) -> dict[str, Any]:
+async def device_detail(
+    store: Store, device_id: str, now: int, policy: Policy, refused: int = 0
+) -> dict[str, Any]:
     """One device's summary, with its latest status, evicted ranges and journals in full."""
     device = await store.get_device(device_id)
     if device is None:
         raise NotFound(f"no device {device_id!r} is registered")
     info = await store.latest_status(device_id)
-    seen = _Seen(info.received_at, info.status, info.evicted_total) if info else None
+    evicted = info.evicted_ranges if info else ()
+    seen = _Seen(info.received_at, info.status, evicted_count(evicted)) if info else None
     journals = await store.journals(device_id)
     restarts = await queries.restarts_since(store, now - RESTARTS_WINDOW_MS)
-    summary = summarize(device, seen, journals, restarts.get(device_id, 0), now, policy)
+    summary = summarize(
+        device, seen, journals, restarts.get(device_id, 0), now, policy, refused, evicted=evicted
+    )
     health = await device_health(store, device_id, now, policy)
     return {
         **summary,

@@ -8,19 +8,25 @@ ack leaves only after its records are durably committed.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
 from playproof import protocol
+from playproof.config import Limits
 from playproof.errors import EnvelopeError, Forbidden, PlayproofError, ProtocolError
 from playproof.protocol import AckMessage, Batch, StreamAck, StreamError
 from playproof.rules import DEFAULT_POLICY, Context, Judge, Policy, judge_item
+from playproof.server.backlog import Backlog
 from playproof.server.committer import GroupCommitter
 from playproof.server.metrics import Metrics
 from playproof.stores.base import BatchWrite, DeviceInfo, Judged, Store
 from playproof.stores.draft import with_draft
 
 Clock = Callable[[], int]
+# How long a device waits before resending a frame the service could not commit, when
+# the failure does not say (a store outage).
+RETRY_AFTER_S = 1.0
 
 
 def wall_clock_ms() -> int:
@@ -38,12 +44,14 @@ class Ingestor:
         policy: Policy = DEFAULT_POLICY,
         clock: Clock = wall_clock_ms,
         metrics: Metrics | None = None,
+        backlog: Backlog | None = None,
     ) -> None:
         self.store = store
         self.committer = committer
         self.policy = policy
         self.clock = clock
         self.metrics = metrics or Metrics()
+        self.backlog = backlog or Backlog(Limits().backlog_records, Limits().backlog_bytes)
 
     def judge(self, batch: Batch, device: DeviceInfo, received_at: int) -> BatchWrite:
         """Verify and apply the rules to every item of a batch from `device`."""
@@ -59,20 +67,34 @@ class Ingestor:
         return BatchWrite(device.device_id, batch.sent_at, received_at, judged)
 
     async def ingest(
-        self, batch: Batch, device: DeviceInfo, received_at: int, transport: str = "http"
+        self,
+        batch: Batch,
+        device: DeviceInfo,
+        received_at: int,
+        transport: str = "http",
+        size: int = 0,
     ) -> AckMessage:
-        """Judge and commit a decoded batch; the acks come back once it is durable."""
+        """Judge and commit a decoded batch (`size` bytes read); the acks once it is durable.
+
+        Overloaded, before anything is committed, when the backlog cannot take it.
+        """
         started = time.perf_counter()
         write = self.judge(batch, device, received_at)
-        # Planned here, on the event loop, so the store's single writer need not.
-        acks = await self.committer.commit(with_draft(write)) if write.judged else []
+        acks: list[protocol.Ack] = []
+        if write.judged:
+            with self.backlog.hold(device.device_id, len(write.judged), size):
+                # Planned here, on the event loop, so the store's single writer need not.
+                acks = await self.committer.commit(with_draft(write))
         self.metrics.answered(acks, transport, time.perf_counter() - started)
         return AckMessage(received_at, write.skew_ms, acks)
 
     async def http_batch(self, body: bytes, device: DeviceInfo) -> AckMessage:
         """The HTTP batch route's work: decode the body, then ingest it."""
         received_at = self.clock()
-        return await self.ingest(protocol.decode_batch(body), device, received_at)
+        # Before decoding: a full backlog costs a refused body no more work.
+        self.backlog.check(device.device_id, 0, len(body))
+        batch = protocol.decode_batch(body)
+        return await self.ingest(batch, device, received_at, size=len(body))
 
     async def stream_frame(self, text: bytes, device: DeviceInfo) -> bytes | None:
         """Answer one stream frame: an ack, an error, or None for a status frame."""
@@ -82,14 +104,15 @@ class Ingestor:
             if is_status:
                 await self.status(text, device, received_at)
                 return None
+            self.backlog.check(device.device_id, 0, len(text))
             batch = protocol.decode_stream_batch(text)
-            ack = await self.ingest(batch, device, received_at, "stream")
+            ack = await self.ingest(batch, device, received_at, "stream", len(text))
         except (ProtocolError, Forbidden) as exc:
             self.metrics.rejected_requests.labels("frame_error").inc()
             return protocol.encode(StreamError(frame_id, str(exc)))
         except PlayproofError as exc:
             self.metrics.rejected_requests.labels("frame_unavailable").inc()
-            return protocol.encode(StreamError(frame_id, f"not committed, send again: {exc}"))
+            return send_again(frame_id, exc)
         return protocol.encode(
             StreamAck(batch.frame_id or 0, ack.received_at, ack.skew_ms, ack.acks)
         )
@@ -104,6 +127,17 @@ class Ingestor:
             )
         await self.store.save_status(status, received_at)
         self.metrics.status(status)
+
+
+def send_again(frame_id: int | None, exc: Exception) -> bytes:
+    """The stream's answer to a frame not committed now: resend it after `retry_after_ms`.
+
+    The wait is the error's own (a rate limit, an overload), else RETRY_AFTER_S.
+    """
+    after_s = getattr(exc, "retry_after_s", RETRY_AFTER_S)
+    return protocol.encode(
+        StreamError(frame_id, f"not committed, send again: {exc}", math.ceil(after_s * 1000))
+    )
 
 
 def ensure_bytes(text: str | bytes) -> bytes:

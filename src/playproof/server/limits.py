@@ -22,21 +22,31 @@ class RateLimiter:
 
     def check(self, device_id: str) -> None:
         """Spend one token of the device's bucket, or raise RateLimited with the wait."""
-        now = self._clock()
-        tokens, last = self._buckets.get(device_id, (self._burst, now))
-        tokens = min(self._burst, tokens + (now - last) * self._rate)
-        if tokens < 1.0:
-            self._buckets[device_id] = (tokens, now)
-            wait = (1.0 - tokens) / self._rate
+        wait = self.wait(device_id)
+        if wait > 0:
             raise RateLimited(
                 f"expected at most {self._rate:g} requests a second from device "
                 f"{device_id!r}, got more; retry after {wait:.1f} s",
                 wait,
             )
-        self._buckets[device_id] = (tokens - 1.0, now)
+        self.spend(device_id)
+
+    def wait(self, key: str) -> float:
+        """Seconds until `key`'s bucket holds a token again; 0 when it holds one now."""
+        tokens = self._tokens(key, self._clock())
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self._rate
+
+    def spend(self, key: str) -> None:
+        """Take one token from `key`'s bucket (an empty bucket stays empty)."""
+        now = self._clock()
+        self._buckets[key] = (max(0.0, self._tokens(key, now) - 1.0), now)
         self._checks += 1
         if self._checks % 100_000 == 0:
             self._forget_full(now)
+
+    def _tokens(self, key: str, now: float) -> float:
+        tokens, last = self._buckets.get(key, (self._burst, now))
+        return min(self._burst, tokens + (now - last) * self._rate)
 
     def _forget_full(self, now: float) -> None:
         # A bucket that has refilled is the same as no bucket: drop it, so that

@@ -95,6 +95,21 @@ class Metrics:
             "Open sequence gaps over all journals",
             registry=reg,
         )
+        self.token_lookups = Counter(
+            "playproof_token_lookups",
+            "Callers' tokens looked up in the store (cache misses), failed ones included",
+            registry=reg,
+        )
+        self.backlog_records = Gauge(
+            "playproof_backlog_records",
+            "Records held between reading a batch and answering it (limit: backlog_records)",
+            registry=reg,
+        )
+        self.backlog_bytes = Gauge(
+            "playproof_backlog_bytes",
+            "Body bytes held between reading a batch and answering it (limit: backlog_bytes)",
+            registry=reg,
+        )
         self._queues: dict[str, int] = {}
         self._queued = 0
         self._records: dict[tuple[str, str], Counter] = {}

@@ -58,14 +58,20 @@ def _error(description: str) -> dict[str, Any]:
 AUTH_ERRORS = {
     "401": _error("missing or unknown token"),
     "403": _error("token revoked, or data for another device"),
-    "429": _error("over the device's request rate; see Retry-After"),
+    "429": _error(
+        "over the device's request rate, the screenshot quota, or the failed "
+        "authentications allowed from the address; see Retry-After"
+    ),
 }
 BODY_ERRORS = {
     "400": _error("not a well-formed body; nothing stored"),
     "408": _error("the body did not arrive in time"),
     "413": _error("over the size limits"),
     "415": _error("another content type or encoding"),
-    "503": _error("the store cannot commit now; nothing acknowledged, send again"),
+    "503": _error(
+        "the store cannot commit now, or the service is overloaded; nothing acknowledged, "
+        "send again after Retry-After"
+    ),
 }
 GZIP_HEADER = {
     "name": "Content-Encoding",
@@ -157,6 +163,7 @@ def _paths() -> dict[str, Any]:
                     },
                     "401": _error("missing or unknown token"),
                     "403": _error("a device token, or a revoked operator token"),
+                    "429": _error("too many failed authentications from the address"),
                     "503": _error("the store cannot check the token now"),
                 },
             }

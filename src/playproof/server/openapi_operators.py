@@ -7,7 +7,10 @@ from typing import Any, Final
 import msgspec
 
 from playproof.server.reports import ImpressionOut
+from playproof.stores import verification_report as vr
 from playproof.stores.rollup import DIMENSIONS
+from playproof.stores.verdicts import DECIDED, PENDING
+from playproof.verification import REASONS
 
 DIMENSION_PARAMS: Final = DIMENSIONS
 ID_SCHEMA: Final = {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,64}$"}
@@ -55,6 +58,7 @@ ERRORS: Final = {
     "400": _err("a parameter is not what it must be: the message says what was expected"),
     "401": _err("missing or unknown token"),
     "403": _err("a device token, or a revoked operator token"),
+    "429": _err("too many failed authentications from the address; see Retry-After"),
     "503": _err("the store cannot answer now"),
 }
 TIME_PARAMS: Final = [_q("from", TIME_SCHEMA, "start (included)"), _q("to", TIME_SCHEMA, "end")]
@@ -99,6 +103,12 @@ def paths() -> dict[str, Any]:
     """The operators' routes."""
     dims = [_q(n, ID_SCHEMA) for n in DIMENSION_PARAMS]
     status = _q("status", {"type": "string", "enum": ["valid", "partial"]})
+    verification = _q("verification", {"type": "string", "enum": [PENDING, *DECIDED]})
+    reason = _q(
+        "verification_reason",
+        {"type": "string", "enum": list(REASONS)},
+        "plays whose reasons include this one",
+    )
     not_found = {"404": _err("no such impression, or its screenshot is not uploaded")}
     shot = _get(
         "getScreenshot",
@@ -152,6 +162,8 @@ def paths() -> dict[str, Any]:
                 _q("journal_id", ID_SCHEMA),
                 status,
                 _q("end_reason", {"type": "string"}),
+                verification,
+                reason,
                 LIMIT,
                 CURSOR,
                 FORMAT,
@@ -167,6 +179,19 @@ def paths() -> dict[str, Any]:
                 TZ,
                 _q("group_by", {"type": "string"}, "comma-separated dimensions, hour, day"),
                 *dims,
+                FORMAT,
+            ],
+            _tabular("the report", OBJECT),
+        ),
+        "/v1/reports/verification": _get(
+            "verificationReport",
+            "Valid plays verified, failed and pending per group; with `reason`, failures by "
+            "reason (a play failing for several reasons counts under each)",
+            [
+                *TIME_PARAMS,
+                TZ,
+                _q("group_by", {"type": "string"}, "comma-separated: " + ", ".join(vr.GROUPS)),
+                *(_q(n, ID_SCHEMA) for n in vr.DIMENSIONS),
                 FORMAT,
             ],
             _tabular("the report", OBJECT),
@@ -210,7 +235,40 @@ def paths() -> dict[str, Any]:
             ],
             _json_ok("the series", OBJECT),
         ),
+        **_billing_paths(),
     }
+
+
+def _billing_paths() -> dict[str, Any]:
+    """The billing statement (server/statements.py) and its printable page."""
+    billing = _get(
+        "billingStatement",
+        "A period's billing statement: a line per supplier, campaign and ad group, priced "
+        "from the catalog; provisional until the period settles, then final, kept and "
+        "answered byte for byte; corrections arrive as adjustments on the next statement",
+        [
+            *({**p, "required": True} for p in TIME_PARAMS),
+            TZ,
+            _q("supplier_id", ID_SCHEMA),
+            _q("campaign_id", ID_SCHEMA),
+        ],
+        _json_ok("the statement; money and impressions as exact decimal strings", OBJECT),
+    )
+    billing["get"]["responses"]["409"] = _err("statements kept moving meanwhile: ask again")
+    page = {
+        "get": {
+            "summary": "The printable billing statement, one supplier a page (a web page; it "
+            "reads the API with the dashboard's token)",
+            "operationId": "statementPage",
+            "responses": {
+                "200": {
+                    "description": "HTML",
+                    "content": {"text/html": {"schema": {"type": "string"}}},
+                }
+            },
+        }
+    }
+    return {"/v1/reports/billing": billing, "/statement.html": page}
 
 
 def schemas() -> dict[str, Any]:

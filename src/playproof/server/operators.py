@@ -12,7 +12,14 @@ import hmac
 from typing import Final
 
 from playproof.errors import Forbidden, Unauthenticated
-from playproof.server.auth import CACHE_SECONDS, TokenCache, bearer_token, hash_token, new_token
+from playproof.server.auth import (
+    CACHE_SECONDS,
+    BeforeLookup,
+    TokenCache,
+    bearer_token,
+    hash_token,
+    new_token,
+)
 from playproof.server.ingest import wall_clock_ms
 from playproof.server.params import id_value
 from playproof.stores.base import OperatorInfo, Store
@@ -41,9 +48,11 @@ class OperatorAuth:
         self._store = store
         self._cache = TokenCache(self._find, cache_seconds, max_entries=10_000)
 
-    async def operator(self, authorization: str | None) -> OperatorInfo:
+    async def operator(
+        self, authorization: str | None, before_lookup: BeforeLookup | None = None
+    ) -> OperatorInfo:
         """The caller; Unauthenticated (missing, unknown) or Forbidden (device token, revoked)."""
-        found = await self._cache.get(hash_token(bearer_token(authorization)))
+        found = await self._cache.get(hash_token(bearer_token(authorization)), before_lookup)
         if found == _DEVICE:
             raise Forbidden(
                 "expected an operator token (playproof operators add NAME), got a device token"

@@ -21,6 +21,8 @@ from starlette.datastructures import QueryParams
 
 from playproof.errors import ProtocolError
 from playproof.protocol import END_REASONS, ID_PATTERN, MAX_INT, PlayStatus, RejectReason
+from playproof.stores.verdicts import DECIDED, PENDING
+from playproof.verification import REASONS
 
 MAX_RANGE_DAYS: Final = 3660
 ID: Final = re.compile(ID_PATTERN)
@@ -29,6 +31,8 @@ ENUMS: Final[dict[str, tuple[str, ...]]] = {
     "status": get_args(PlayStatus),
     "end_reason": END_REASONS,
     "reason": get_args(RejectReason),
+    "verification": (PENDING, *DECIDED),
+    "verification_reason": REASONS,
 }
 
 

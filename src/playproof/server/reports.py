@@ -7,6 +7,7 @@ so that a table printed in a terminal is the one the API gives. Parsing is in
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any, Final, NamedTuple, cast
 
@@ -65,7 +66,7 @@ IMPRESSION_FIELDS: Final = tuple(_RENAMED.get(c, c) for c in queries.LISTED_COLU
 _I = {name: i for i, name in enumerate(queries.LISTED_COLUMNS)}
 _TIMES = [_I[c] for c in ("start_ts", "end_ts", "received_at")]
 _DURATIONS = [_I[c] for c in _RENAMED]
-_SYNCED, _FLAGS = _I["clock_synced"], _I["flags"]
+_SYNCED, _FLAGS, _REASONS = _I["clock_synced"], _I["flags"], _I["verification_reasons"]
 IMPRESSION_PARAMS: Final = (
     "from",
     "to",
@@ -87,6 +88,7 @@ def impression_values(row: tuple[Any, ...]) -> list[Any]:
         values[i] = None if value is None else value / 1000
     values[_SYNCED] = bool(values[_SYNCED])
     values[_FLAGS] = values[_FLAGS].split(",") if values[_FLAGS] else []
+    values[_REASONS] = values[_REASONS].split(",") if values[_REASONS] else []
     return values
 
 
@@ -115,6 +117,7 @@ class ImpressionOut(msgspec.Struct):
     quality: int
     flags: list[str]
     verification: str | None
+    verification_reasons: list[str]
     received_at: str | None
     skew_s: float | None
 
@@ -137,17 +140,19 @@ def _secs(ms: int) -> str:
 
 
 def csv_line(row: tuple[Any, ...]) -> str:
-    """One impression (queries.CSV_COLUMNS) as a CSV line, fast: nothing in it needs quoting."""
-    # Every text field is a protocol id, an enum, hex or a flag name (checked at
+    """One impression (queries.CSV_COLUMNS) as a CSV line, fast: only its reasons need quoting."""
+    # Every other text field is a protocol id, an enum, hex or a flag name (checked at
     # ingest), none of which may hold a comma, a quote or a line break.
     (ids, start, end, dur, exp, why, off, synced, sha, at) = row[:10]
-    (checksum, status, quality, flags, verification, received, skew) = row[10:]
+    (checksum, status, quality, flags, verification, reasons, received, skew) = row[10:]
     shot_at = "" if at is None else _secs(at)
+    # Reasons as stored, comma-separated: quoted when there are several (CSV's own rule).
+    reasons = f'"{reasons}"' if reasons and "," in reasons else reasons or ""
     return (
         f"{ids},{rfc3339(start)},{rfc3339(end)},"
         f"{_secs(dur)},{_secs(exp)},{why},{_secs(off)},{'true' if synced else 'false'},"
         f"{sha or ''},{shot_at},{checksum},{status},{quality},{flags.replace(',', ';')},"
-        f"{verification or ''},{rfc3339(received)},{_secs(skew)}\n"
+        f"{verification or ''},{reasons},{rfc3339(received)},{_secs(skew)}\n"
     )
 
 
@@ -226,7 +231,8 @@ async def screenshot(store: Store, device_id: str, journal_id: str, seq: str) ->
     if found is None:
         raise NotFound(f"no impression {device_id}/{journal_id}/{seq} is stored")
     sha, media = found
-    data = store.blobs.read(sha) if sha else None
+    # Off the event loop: a slow disk must not stall every other request.
+    data = await asyncio.to_thread(store.blobs.read, sha) if sha else None
     if sha is None:
         raise NotFound(f"impression {device_id}/{journal_id}/{seq} names no screenshot")
     if data is None or media is None:
@@ -240,7 +246,8 @@ DELIVERY_PARAMS: Final = ("from", "to", "tz", "group_by", *DIMENSIONS, "format")
 DELIVERY_SUMS: Final = ("plays", "valid", "partial", "played_s", "mean_quality")
 
 
-def _label(name: str, value: Any) -> Any:
+def group_label(name: str, value: Any) -> Any:
+    """A group's value as shown: an hour as RFC 3339, a day as its date, the rest as is."""
     if name == "hour":
         return rfc3339(value)
     return day_label(value) if name == "day" else value
@@ -259,7 +266,7 @@ def delivery_query(query: Query) -> tuple[queries.DeliveryQuery, str]:
 
 def delivery_values(row: queries.DeliveryRow, groups: tuple[str, ...]) -> list[Any]:
     """One report row: its group values, then plays, valid, partial, played_s, mean_quality."""
-    labels = [_label(name, value) for name, value in zip(groups, row.key, strict=True)]
+    labels = [group_label(name, value) for name, value in zip(groups, row.key, strict=True)]
     mean = round(row.quality_sum / row.plays, 2) if row.plays else None
     partial = row.plays - row.valid
     return [*labels, row.plays, row.valid, partial, seconds(row.played_ms), mean]
@@ -336,7 +343,7 @@ async def reject_counts(store: Store, query: Query, now: int) -> Table:
     wanted = queries.RejectQuery(start, end, _reject_filters(params))
     rows = await queries.reject_counts(store, wanted, columns, tz)
     values = [
-        [*(_label(g, v) for g, v in zip(groups, row, strict=False)), *row[len(groups) :]]
+        [*(group_label(g, v) for g, v in zip(groups, row, strict=False)), *row[len(groups) :]]
         for row in rows
     ]
     meta = {"from": rfc3339(start), "to": rfc3339(end), "tz": params.get("tz") or "UTC"}
@@ -365,16 +372,27 @@ def _device_view(summary: dict[str, Any]) -> dict[str, Any]:
     return view
 
 
-async def devices(store: Store, query: Query, now: int, policy: Policy) -> list[dict[str, Any]]:
-    """Every device's health summary, by id (no parameters but `format`)."""
+async def devices(
+    store: Store,
+    query: Query,
+    now: int,
+    policy: Policy,
+    refused: Mapping[str, int] | None = None,
+) -> list[dict[str, Any]]:
+    """Every device's health summary, by id (no parameters but `format`).
+
+    `refused`: the running service's screenshot refusals today, per device.
+    """
     Params(query, ("format",))
-    return [_device_view(s) for s in await health.fleet(store, now, policy)]
+    return [_device_view(s) for s in await health.fleet(store, now, policy, refused)]
 
 
-async def device(store: Store, device_id: str, now: int, policy: Policy) -> dict[str, Any]:
+async def device(
+    store: Store, device_id: str, now: int, policy: Policy, refused: int = 0
+) -> dict[str, Any]:
     """One device's health in full."""
     id_value("device_id", device_id)
-    return _device_view(await health.device_detail(store, device_id, now, policy))
+    return _device_view(await health.device_detail(store, device_id, now, policy, refused))
 
 
 DEVICE_COLUMNS: Final = (

@@ -41,6 +41,9 @@ def uvicorn_config(service: Service, log_level: str = "info") -> uvicorn.Config:
         ws="websockets-sansio",
         ws_max_size=max(MAX_FRAME_BYTES, MAX_BATCH_BYTES) + 1024,
         ws_per_message_deflate=False,
+        # The peer's address is the client's: X-Forwarded-For is read by the service
+        # itself, and only from its configured trusted proxies (server/guard.py).
+        proxy_headers=False,
         lifespan="on",
         log_level=log_level,
         access_log=False,

@@ -14,11 +14,15 @@ from playproof.config import Limits
 from playproof.pipeline import Pipeline
 from playproof.rules import DEFAULT_POLICY, Policy
 from playproof.server.auth import Authenticator
+from playproof.server.backlog import Backlog
 from playproof.server.committer import GroupCommitter
+from playproof.server.guard import AuthGuard
 from playproof.server.ingest import Clock, Ingestor, wall_clock_ms
 from playproof.server.limits import ConnectionLimiter, RateLimiter
 from playproof.server.metrics import Metrics
 from playproof.server.operators import OperatorAuth
+from playproof.server.quota import ScreenshotQuota
+from playproof.server.verifier import Verifier
 from playproof.stores.base import Store
 
 log = logging.getLogger(__name__)
@@ -40,6 +44,8 @@ class Service:
     pipeline: Pipeline | None = None
     # Set only when `clock` is a simulated one (playproof serve --sim-clock): /healthz shows it.
     clock_info: dict[str, Any] | None = None
+    # The verifier runs in the service unless it runs apart (`playproof verify`).
+    verify: bool = True
 
     def __post_init__(self) -> None:
         self.metrics = Metrics()
@@ -56,7 +62,29 @@ class Service:
         self.connections = ConnectionLimiter(
             self.limits.stream_connections, self.limits.stream_connections_per_device
         )
-        self.ingestor = Ingestor(self.store, self.committer, self.policy, self.clock, self.metrics)
+        limits = self.limits
+        self.guard = AuthGuard(
+            limits.auth_failures,
+            limits.auth_failure_rate,
+            limits.trusted_proxies,
+            on_lookup=self.metrics.token_lookups.inc,
+        )
+        self.backlog = Backlog(
+            limits.backlog_records, limits.backlog_bytes, limits.backlog_retry_ms / 1000
+        )
+        self.metrics.backlog_records.set_function(lambda: self.backlog.records)
+        self.metrics.backlog_bytes.set_function(lambda: self.backlog.bytes)
+        self.quota = ScreenshotQuota(
+            self.store,
+            limits.screenshot_bytes,
+            limits.screenshot_quota_floor,
+            limits.screenshot_quota_per_play,
+            self.clock,
+        )
+        self.ingestor = Ingestor(
+            self.store, self.committer, self.policy, self.clock, self.metrics, self.backlog
+        )
+        self.verifier = Verifier(self.store, self.clock, self.policy, self.limits, self.metrics)
         self._gauges: asyncio.Task[None] | None = None
         self._health_logged_at = float("-inf")
         self._health_failures = 0
@@ -73,6 +101,8 @@ class Service:
         self.committer.start()
         await self._count_gaps()
         self._gauges = asyncio.create_task(self._refresh_gauges())
+        if self.verify:
+            self.verifier.start()
         if self.clock_info is not None:
             log.warning("SIMULATED CLOCK, for simulations only: %s", self.clock_info)
 
@@ -82,6 +112,7 @@ class Service:
             self._gauges.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._gauges
+        await self.verifier.stop()
         await self.committer.stop()
         if self.pipeline is not None:
             await self.pipeline.close()

@@ -11,14 +11,22 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import MutableMapping
 from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from playproof.errors import Forbidden, RateLimited, StoreUnavailable, TooLarge, Unauthenticated
+from playproof.errors import (
+    Forbidden,
+    Overloaded,
+    RateLimited,
+    StoreUnavailable,
+    TooLarge,
+    Unauthenticated,
+)
 from playproof.protocol import MAX_BATCH_BYTES, StreamError, encode, frame_head
 from playproof.server.auth import bearer_token, hash_token
+from playproof.server.ingest import send_again
 from playproof.server.service import Service
 from playproof.stores.base import DeviceInfo
 
@@ -29,6 +37,8 @@ CLOSE_FORBIDDEN = 4403
 CLOSE_TRY_AGAIN = 1013
 CLOSE_GOING_AWAY = 1001
 MAX_IN_FLIGHT = 64
+# The longest a connection refused frame after frame is left unread (under stream_idle_s).
+MAX_QUIET_S = 30.0
 # A frame is an envelope of at most 1 MiB plus its id and some slack.
 MAX_FRAME_BYTES = MAX_BATCH_BYTES + 4096
 
@@ -44,6 +54,9 @@ class StreamSession:
         self._token_hash = token_hash
         self._ingestor = service.ingestor
         self._rate = service.rate
+        self._backlog = service.backlog
+        self._quiet_until = 0.0
+        self._strikes = 0
         self._idle_s = service.limits.stream_idle_s
         self._last_frame = time.monotonic()
         self._device = device
@@ -57,12 +70,15 @@ class StreamSession:
         watchdog = asyncio.create_task(self._watch_idle())
         try:
             while True:
+                await self._hold_off()
                 message = await self._ws.receive()
                 self._last_frame = time.monotonic()
                 if message["type"] == "websocket.disconnect":
                     break
                 await self._slots.acquire()
                 task = asyncio.create_task(self._answer(message))
+                # The task holds the frame now; an idle connection keeps none of it.
+                del message
                 self._tasks.add(task)
                 task.add_done_callback(self._done)
         except WebSocketDisconnect:
@@ -84,27 +100,47 @@ class StreamSession:
                 return
             await asyncio.sleep(self._idle_s - idle)
 
+    def _hold_back(self, retry_after_s: float) -> None:
+        # A device told to wait is not read for that long, twice as long at each refusal
+        # in a row (a screen's SDK reconnects after one): a flood's frames then wait in
+        # its socket rather than in the service's memory, and cost it no CPU.
+        quiet = min(MAX_QUIET_S, retry_after_s * 2**self._strikes)
+        self._strikes = min(self._strikes + 1, 16)
+        self._quiet_until = max(self._quiet_until, time.monotonic() + quiet)
+
+    async def _hold_off(self) -> None:
+        wait = self._quiet_until - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self._slots.release()
 
-    async def _answer(self, message: Mapping[str, Any]) -> None:
+    async def _answer(self, message: MutableMapping[str, Any]) -> None:
         reply = await self._reply(message)
         if reply is not None:
             await self._send(reply)
 
-    async def _reply(self, message: Mapping[str, Any]) -> bytes | None:
-        text = message.get("text")
+    async def _reply(self, message: MutableMapping[str, Any]) -> bytes | None:
+        # Taken out of the message: a frame waiting for its commit is held once, and one
+        # whose answer waits to be sent (a device not reading them) not at all.
+        text = message.pop("text", None)
         if not isinstance(text, str):
             return encode(StreamError(None, "expected a text frame holding JSON, got binary"))
-        data = text.encode()
-        if not await self._still_authorized(data):
+        if not await self._still_authorized(text):
             return None
         try:
             self._rate.check(self._device.device_id)
-        except RateLimited as exc:
-            frame_id, _ = frame_head(data)
-            return encode(StreamError(frame_id, f"not committed, send again: {exc}"))
+            # Before encoding and decoding: a refused frame costs no more work.
+            self._backlog.check(self._device.device_id, 0, len(text))
+        except (RateLimited, Overloaded) as exc:
+            self._hold_back(exc.retry_after_s)
+            frame_id, _ = frame_head(text)
+            return send_again(frame_id, exc)
+        self._strikes = 0
+        data = text.encode()
+        del text
         if len(data) > MAX_FRAME_BYTES:
             error = TooLarge(
                 f"expected a frame of at most {MAX_FRAME_BYTES} bytes, got {len(data)}"
@@ -112,7 +148,7 @@ class StreamSession:
             return encode(StreamError(None, str(error)))
         return await self._ingestor.stream_frame(data, self._device)
 
-    async def _still_authorized(self, data: bytes) -> bool:
+    async def _still_authorized(self, text: str) -> bool:
         # The token is checked again on every frame (a cache hit, mostly), so
         # that a revocation or rotation made after the connection opened stops
         # it within the cache time rather than when the device reconnects.
@@ -127,8 +163,8 @@ class StreamSession:
             await self._close(CLOSE_FORBIDDEN, "token revoked")
             return False
         except StoreUnavailable as exc:
-            frame_id, _ = frame_head(data)
-            await self._send(encode(StreamError(frame_id, f"not committed, send again: {exc}")))
+            frame_id, _ = frame_head(text)
+            await self._send(send_again(frame_id, exc))
             return False
         return True
 
@@ -152,8 +188,12 @@ async def serve_stream(ws: WebSocket, service: Service) -> None:
     """Accept, authenticate (closing 4401 or 4403), admit, then run the session."""
     await ws.accept()
     try:
-        token_hash = hash_token(bearer_token(ws.headers.get("authorization")))
-        device = await service.auth.device_by_hash(token_hash)
+        with service.guard.watch(service.guard.client(ws)) as before_lookup:
+            token_hash = hash_token(bearer_token(ws.headers.get("authorization")))
+            device = await service.auth.device_by_hash(token_hash, before_lookup)
+    except RateLimited as exc:
+        await ws.close(CLOSE_TRY_AGAIN, str(exc)[:120])
+        return
     except Unauthenticated:
         await ws.close(CLOSE_UNAUTHENTICATED, "missing or unknown token")
         return

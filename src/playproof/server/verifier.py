@@ -61,6 +61,7 @@ class Verifier:
         self._state: CatalogState | None = None
         self._booked: Booked | None = None
         self._refs_at = 0.0
+        self._reload = False
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -108,8 +109,10 @@ class Verifier:
     async def _refresh(self, now: int) -> None:
         version = await vq.catalog_version(self._store)
         stale_refs = time.monotonic() - self._refs_at > REFERENCES_EVERY_S
-        if self._state is not None and self._state.version == version and not stale_refs:
+        fresh = self._state is not None and self._state.version == version
+        if fresh and not stale_refs and not self._reload:
             return
+        self._reload = False
         state = await self._store.load_catalog()
         references = await vq.references(self._store)
         self._state = state
@@ -131,7 +134,9 @@ class Verifier:
             return 0
         written = await self._store.save_decisions(decisions, now, self._state.version)
         if written < 0:
-            self._state = None  # the catalog changed (or another verifier has the screen)
+            # The catalog changed (read it again next turn), or another verifier holds
+            # the screen (it decides those plays): nothing was written either way.
+            self._reload = True
             return 0
         if self._metrics is not None:
             for _, decision in decisions[:written]:

@@ -9,6 +9,7 @@ answers exactly alike; the stores only read and write.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
@@ -18,6 +19,8 @@ from playproof.catalog import Catalog, Change
 from playproof.protocol import Ack, InvalidRecord, Record, Status, record_json
 from playproof.rules import Gap, SequenceChange, SequenceState, Verdict, advance, key_trusted
 from playproof.stores.blobs import BlobStore
+from playproof.stores.export_ledger import ExportInfo, ExportRequest
+from playproof.stores.statements import FinalStatement, Rebase
 from playproof.stores.verdicts import CatalogState, Facts, ScreenLoad
 from playproof.verification import Decision, Play
 
@@ -286,6 +289,23 @@ class Store(Protocol):
     ) -> AsyncGenerator[list[tuple[Any, ...]], None]:
         """Rows of one read-only query, from one snapshot, `chunk` at a time, never all at once."""
 
+    # --- billing statements (stores/statements.py, sqlite_billing.py, postgres_billing.py) ---
+
+    def statement_snapshot(self) -> AbstractAsyncContextManager[Reader]:
+        """Reads that all see one snapshot, in which no decision or catalog change is half done
+        (what a statement counts, prices and marks must agree to the play)."""
+
+    async def save_statement(self, final: FinalStatement, rebased: Sequence[Rebase]) -> str:
+        """In one transaction: keep a final statement (the document stored first for its key
+        wins and is returned) and move the billed lines of the statements it adjusts;
+        Conflict, with nothing written, if any of those moved since they were read."""
+
+    # --- buyer exports (stores/export_ledger.py, sqlite_exports.py, postgres_exports.py) ---
+
+    async def create_export(self, request: ExportRequest) -> ExportInfo:
+        """In one transaction, under the buyer's lock: take the buyer's verified plays not yet
+        settled (in the request's range), decide each (contained or listed apart), record all."""
+
 
 @dataclass
 class CommitPlan:
@@ -428,3 +448,13 @@ def needs_lookup(seqs: Sequence[int], state: SequenceState | None) -> list[int]:
     if state is None:
         return []
     return [s for s in seqs if s <= state.high_water]
+
+
+class Reader(Protocol):
+    """What a report reads through: a store, or one snapshot of it (`statement_snapshot`)."""
+
+    # `sqlite` or `postgres`: the SQL dialect of `read_rows`.
+    dialect: str
+
+    async def read_rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows of one read-only query in the reader's dialect."""

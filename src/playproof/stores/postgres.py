@@ -19,6 +19,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, Final
 
@@ -40,7 +41,7 @@ from playproof.errors import (
 )
 from playproof.protocol import Ack, Status, decode_status, encode
 from playproof.rules import Gap
-from playproof.stores import migrations, postgres_commit
+from playproof.stores import migrations, postgres_billing, postgres_commit, postgres_exports
 from playproof.stores import postgres_sql as q
 from playproof.stores import postgres_verdicts as verdicts
 from playproof.stores.base import (
@@ -51,12 +52,15 @@ from playproof.stores.base import (
     JournalInfo,
     OperatorCredential,
     OperatorInfo,
+    Reader,
     RejectInfo,
     StatusInfo,
     status_info,
 )
 from playproof.stores.blobs import BlobStore
+from playproof.stores.export_ledger import ExportInfo, ExportRequest
 from playproof.stores.postgres_partitions import Partitions, ahead
+from playproof.stores.statements import FinalStatement, Rebase
 from playproof.stores.verdicts import CatalogState, Facts, ScreenLoad
 from playproof.verification import Decision, Play
 
@@ -465,6 +469,24 @@ class PostgresStore:
             await cur.execute(sql.encode(), tuple(params))
             while rows := await cur.fetchmany(chunk):
                 yield rows
+
+    # --- billing statements (stores/postgres_billing.py) ----------------------
+
+    def statement_snapshot(self) -> AbstractAsyncContextManager[Reader]:
+        """Reads in one transaction that holds decisions and catalog changes off."""
+        return postgres_billing.snapshot(self._connection)
+
+    async def save_statement(self, final: FinalStatement, rebased: Sequence[Rebase]) -> str:
+        """Keep a final statement and move the billed lines it adjusts; the stored document."""
+        async with self._connection("keep a final statement") as conn:
+            return await postgres_billing.save(conn, final, rebased)
+
+    # --- buyer exports --------------------------------------------------------
+
+    async def create_export(self, request: ExportRequest) -> ExportInfo:
+        """Take, decide and record the buyer's unsettled verified plays, under its lock."""
+        async with self._connection("create an export") as conn:
+            return await postgres_exports.create_export(conn, request)
 
 
 async def migrate(conn: Conn) -> None:

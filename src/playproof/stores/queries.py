@@ -15,7 +15,7 @@ from itertools import pairwise
 from typing import Any, Final, NamedTuple
 
 from playproof.rules import DURATION_CEILING_MS, HOUR_MS
-from playproof.stores.base import Store
+from playproof.stores.base import Reader, Store
 from playproof.stores.rollup import DIMENSIONS, ROLLUPS, Rollup
 from playproof.stores.timezones import Pieces, offset_pieces
 
@@ -50,6 +50,7 @@ LISTED_COLUMNS: Final = (
     "quality",
     "flags",
     "verification",
+    "verification_reasons",
     "received_at",
     "skew_ms",
 )
@@ -57,7 +58,18 @@ LISTED_COLUMNS: Final = (
 # string instead of eight objects a row (none of them can hold a comma).
 JOINED_IDS: Final = " || ',' || ".join(LISTED_COLUMNS[:8])
 CSV_COLUMNS: Final = (JOINED_IDS, *LISTED_COLUMNS[8:])
-IMPRESSION_FILTERS: Final = (*DIMENSIONS, "journal_id", "status", "end_reason")
+IMPRESSION_FILTERS: Final = (
+    *DIMENSIONS,
+    "journal_id",
+    "status",
+    "end_reason",
+    "verification",
+    "verification_reason",
+)
+# A play's stored reasons (`verification_reasons`, comma-separated) hold a reason when
+# `,reasons,` contains `,reason,`: a whole reason, never part of another. `_` is a LIKE
+# wildcard, so it is escaped (with `!`: backslashes read differently in the dialects).
+REASON_MATCH: Final = "(',' || verification_reasons || ',') LIKE {} ESCAPE '!'"
 REJECT_COLUMNS: Final = (
     "id",
     "submitted_by",
@@ -76,7 +88,7 @@ REJECT_COLUMNS: Final = (
 Filters = tuple[tuple[str, str], ...]
 
 
-def placeholder(store: Store) -> str:
+def placeholder(store: Reader) -> str:
     """The parameter placeholder of the store's dialect."""
     return "%s" if store.dialect == "postgres" else "?"
 
@@ -119,10 +131,10 @@ def _aligned(bucket_ms: int, pieces: Pieces) -> bool:
     )
 
 
-def plan(query: DeliveryQuery, pieces: Pieces) -> list[Part]:
+def plan(query: DeliveryQuery, pieces: Pieces, rollups: Sequence[Rollup] = ROLLUPS) -> list[Part]:
     """Where each stretch of the range is read: whole buckets from a rollup, the rest from rows."""
     needed = {g for g in query.group_by if g not in TIME_UNITS} | {f for f, _ in query.filters}
-    for rollup in ROLLUPS:
+    for rollup in rollups:
         if needed <= set(rollup.dims) and _aligned(rollup.bucket_ms, pieces):
             size = rollup.bucket_ms
             lo, hi = -(-query.start // size) * size, query.end // size * size
@@ -180,7 +192,7 @@ def part_sql(query: DeliveryQuery, part: Part, pieces: Pieces, ph: str) -> tuple
     return sql, [value for _, value in query.filters]
 
 
-async def delivery(store: Store, query: DeliveryQuery) -> list[DeliveryRow]:
+async def delivery(store: Reader, query: DeliveryQuery) -> list[DeliveryRow]:
     """The delivery report: per group, plays, valid plays, played ms and quality sum, sorted."""
     pieces = offset_pieces(query.zone, query.start, max(query.end, query.start + 1))
     totals: dict[tuple[Any, ...], list[int]] = {}
@@ -209,6 +221,11 @@ class ImpressionQuery(NamedTuple):
     limit: int | None = None
 
 
+def reason_pattern(reason: str) -> str:
+    """The LIKE pattern of REASON_MATCH for one reason."""
+    return "%," + reason.replace("!", "!!").replace("_", "!_").replace("%", "!%") + ",%"
+
+
 def impressions_sql(
     query: ImpressionQuery, ph: str, columns: Sequence[str] = LISTED_COLUMNS
 ) -> tuple[str, list[Any]]:
@@ -220,8 +237,12 @@ def impressions_sql(
     if query.end is not None:
         where.append(f"start_ts < {int(query.end)}")
     for name, value in query.filters:
-        where.append(f"{name} = {ph}")
-        params.append(value)
+        if name == "verification_reason":
+            where.append(REASON_MATCH.format(ph))
+            params.append(reason_pattern(value))
+        else:
+            where.append(f"{name} = {ph}")
+            params.append(value)
     if query.after is not None:
         where.append(f"({', '.join(IMPRESSION_KEY)}) > ({', '.join([ph] * 4)})")
         params.extend(query.after)
@@ -355,6 +376,15 @@ async def statuses(store: Store) -> list[tuple[str, int, str, int]]:
         f"SELECT device_id, received_at, {payload}, evicted_total FROM device_status"
     )
     return [(r[0], int(r[1]), str(r[2]), int(r[3])) for r in rows]
+
+
+async def evicted_ranges(store: Store) -> dict[str, list[tuple[str, int, int]]]:
+    """Per device, the ranges it reported evicted: (journal_id, first_seq, last_seq)."""
+    rows = await store.read_rows("SELECT device_id, journal_id, first_seq, last_seq FROM evictions")
+    found: dict[str, list[tuple[str, int, int]]] = {}
+    for device, journal, first, last in rows:
+        found.setdefault(str(device), []).append((str(journal), int(first), int(last)))
+    return found
 
 
 DEVICE_ROLLUP: Final = next(r for r in ROLLUPS if "device_id" in r.dims)

@@ -10,174 +10,55 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import sqlite3
 import threading
-from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from itertools import chain
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any
 
 from playproof.catalog import Catalog, Change
 from playproof.errors import (
     Conflict,
     NotFound,
     SchemaMismatch,
-    StoreDataError,
-    StoreError,
     StoreUnavailable,
 )
-from playproof.protocol import Ack, Status, decode_status, encode
-from playproof.rules import Gap, SequenceChange, SequenceState
-from playproof.stores import migrations
+from playproof.protocol import Ack, Status
+from playproof.stores import migrations, sqlite_billing, sqlite_exports
+from playproof.stores import sqlite_rows as rows
 from playproof.stores import sqlite_verdicts as verdicts
 from playproof.stores.base import (
-    IMPRESSION_COLUMNS,
-    REJECT_COLUMNS,
     BatchWrite,
     Credential,
     DeviceInfo,
     HeldRecords,
     JournalInfo,
-    JournalKey,
-    Key,
     OperatorCredential,
     OperatorInfo,
+    Reader,
     RejectInfo,
     StatusInfo,
-    needs_lookup,
-    sequence_changes,
-    status_info,
-    tracked_keys,
 )
 from playproof.stores.blobs import BlobStore
-from playproof.stores.draft import plan_group
-from playproof.stores.rollup import ROLLUPS, Rollup, sqlite_upsert
+from playproof.stores.export_ledger import ExportInfo, ExportRequest
+from playproof.stores.sqlite_conn import (
+    BUSY_TIMEOUT_MS,
+    WAL_LIMIT_BYTES,
+    Checkpointer,
+    T,
+    connect,
+    rollback,
+    snapshot,
+    statements,
+    translate,
+    user_version,
+)
+from playproof.stores.statements import FinalStatement, Rebase
 from playproof.stores.verdicts import CatalogState, Facts, ScreenLoad
 from playproof.verification import Decision, Play
-
-T = TypeVar("T")
-
-
-class BulkInsert:
-    """An INSERT of many rows a statement, in chunks of a few hundred.
-
-    Python's sqlite3 gives up the GIL around every statement step; with
-    `executemany` that is once a row, and each time the writer must win the GIL
-    back from a busy event loop (up to the 5 ms switch interval): measured, a
-    row then costs milliseconds instead of microseconds. One step per chunk.
-    """
-
-    def __init__(self, head: str, width: int, tail: str = "", chunk: int = 256) -> None:
-        self._head, self._tail, self._chunk = head, tail, chunk
-        self._row = "(" + ", ".join("?" * width) + ")"
-        self._sql: dict[int, str] = {}
-
-    def run(self, conn: sqlite3.Connection, rows: Sequence[Sequence[Any]]) -> None:
-        """Insert every row."""
-        for start in range(0, len(rows), self._chunk):
-            part = rows[start : start + self._chunk]
-            conn.execute(self._statement(len(part)), list(chain.from_iterable(part)))
-
-    def _statement(self, count: int) -> str:
-        sql = self._sql.get(count)
-        if sql is None:
-            values = ", ".join([self._row] * count)
-            sql = self._sql[count] = f"{self._head} VALUES {values} {self._tail}"
-        return sql
-
-
-_INSERT_IMPRESSION = BulkInsert(
-    f"INSERT INTO impressions ({', '.join(IMPRESSION_COLUMNS)})", len(IMPRESSION_COLUMNS)
-)
-_UPSERT_REJECT = BulkInsert(
-    f"INSERT INTO rejects ({', '.join(REJECT_COLUMNS)})",
-    len(REJECT_COLUMNS),
-    "ON CONFLICT (device_id, journal_id, seq, checksum, reason) "
-    "DO UPDATE SET times = times + 1, received_at = excluded.received_at",
-)
-_UPSERT_JOURNAL = (
-    "INSERT INTO journals (device_id, journal_id, high_water, high_water_ts, first_seen, "
-    "last_seen) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, journal_id) DO UPDATE SET "
-    "high_water = excluded.high_water, high_water_ts = excluded.high_water_ts, "
-    "last_seen = excluded.last_seen"
-)
-_EXISTING = (
-    "SELECT seq, checksum FROM impressions WHERE device_id = ? AND journal_id = ? "
-    "AND seq IN (SELECT value FROM json_each(?))"
-)
-
-
-BUSY_TIMEOUT_MS: Final = 10_000
-# The WAL's bound under sustained writes (see SqliteStore._bound_wal).
-WAL_LIMIT_BYTES: Final = 64 * 1024 * 1024
-
-
-def _translate(exc: sqlite3.Error | ValueError, doing: str) -> StoreError:
-    if isinstance(exc, sqlite3.OperationalError):
-        return StoreUnavailable(f"SQLite cannot {doing} now: {exc}")
-    # A constraint, or a value SQLite cannot hold (OverflowError is a ValueError,
-    # raised while binding an integer past 64 bits): the data's fault, not the store's.
-    if isinstance(exc, sqlite3.IntegrityError | sqlite3.DataError | ValueError):
-        return StoreDataError(f"SQLite refused the data to {doing}: {exc}")
-    return StoreError(f"SQLite failed to {doing}: {exc}")
-
-
-def connect(path: Path) -> sqlite3.Connection:
-    """A connection with the pragmas every playproof connection needs."""
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = FULL")
-    conn.execute("PRAGMA cache_size = -65536")
-    conn.execute("PRAGMA temp_store = MEMORY")
-    return conn
-
-
-class Checkpointer:
-    """Moves the WAL into the database file on a thread of its own, every half second."""
-
-    def __init__(self, path: Path, every_s: float = 0.5) -> None:
-        self._path = path
-        self._every_s = every_s
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="sqlite-checkpoint")
-        self._conn: sqlite3.Connection | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        """Start checkpointing."""
-        self._task = asyncio.create_task(self._run())
-
-    async def stop(self) -> None:
-        """Stop; a last checkpoint truncates the WAL."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            await asyncio.get_running_loop().run_in_executor(self._pool, self._last)
-        self._pool.shutdown(wait=True)
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(self._every_s)
-            await loop.run_in_executor(self._pool, self._checkpoint, "PASSIVE")
-
-    def _checkpoint(self, mode: str) -> None:
-        # PASSIVE never waits for the writer; a failure (a full disk) is
-        # retried on the next round, and the commits go on meanwhile.
-        with contextlib.suppress(sqlite3.Error):
-            if self._conn is None:
-                self._conn = connect(self._path)
-            self._conn.execute(f"PRAGMA wal_checkpoint({mode})")
-
-    def _last(self) -> None:
-        self._checkpoint("TRUNCATE")
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
 
 
 class SqliteStore:
@@ -225,10 +106,10 @@ class SqliteStore:
                 conn.execute("COMMIT")
                 self._bound_wal(conn)
             except (sqlite3.Error, ValueError) as exc:
-                _rollback(conn)
-                raise _translate(exc, doing) from exc
+                rollback(conn)
+                raise translate(exc, doing) from exc
             except BaseException:
-                _rollback(conn)
+                rollback(conn)
                 raise
             return result
 
@@ -257,7 +138,7 @@ class SqliteStore:
             try:
                 return fn(self._reader_conn())
             except sqlite3.Error as exc:
-                raise _translate(exc, doing) from exc
+                raise translate(exc, doing) from exc
 
         return await asyncio.get_running_loop().run_in_executor(self._readers, run)
 
@@ -278,7 +159,7 @@ class SqliteStore:
             current = conn.execute("PRAGMA user_version").fetchone()[0]
             for step in migrations.pending("sqlite", current):
                 conn.execute("BEGIN IMMEDIATE")
-                for statement in _statements(step.sql):
+                for statement in statements(step.sql):
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {int(step.version)}")
                 conn.execute("COMMIT")
@@ -287,7 +168,7 @@ class SqliteStore:
 
     async def schema_version(self) -> int:
         """The version of the schema in the file."""
-        return await self._read("read the schema version", _user_version)
+        return await self._read("read the schema version", user_version)
 
     async def close(self) -> None:
         """Close connections and stop the threads."""
@@ -309,7 +190,7 @@ class SqliteStore:
 
     async def commit(self, writes: Sequence[BatchWrite]) -> list[list[Ack]]:
         """Commit every batch in one transaction and return their acks."""
-        return await self._write("commit impressions", lambda c: _commit(c, writes))
+        return await self._write("commit impressions", lambda c: rows.commit(c, writes))
 
     # --- devices ------------------------------------------------------------
 
@@ -330,12 +211,12 @@ class SqliteStore:
 
     async def device_for_token(self, token_hash: str) -> Credential | None:
         """The device holding this token hash, with the stored hash."""
-        return await self._read("look up a token", lambda c: _credential(c, token_hash))
+        return await self._read("look up a token", lambda c: rows.credential(c, token_hash))
 
     async def get_device(self, device_id: str) -> DeviceInfo | None:
         """One registered device."""
         return await self._read(
-            "look up a device", lambda c: _one_device(c, "device_id", device_id)
+            "look up a device", lambda c: rows.one_device(c, "device_id", device_id)
         )
 
     async def list_devices(self) -> list[DeviceInfo]:
@@ -374,11 +255,11 @@ class SqliteStore:
 
     async def save_status(self, status: Status, received_at: int) -> None:
         """Keep the device's latest status; add its evictions to the running record."""
-        await self._write("save a status", lambda c: _save_status(c, status, received_at))
+        await self._write("save a status", lambda c: rows.save_status(c, status, received_at))
 
     async def latest_status(self, device_id: str) -> StatusInfo | None:
         """The device's latest status and accumulated evictions."""
-        return await self._read("read a status", lambda c: _latest_status(c, device_id))
+        return await self._read("read a status", lambda c: rows.latest_status(c, device_id))
 
     async def add_screenshot(
         self, sha256: str, content_type: str, size: int, device_id: str, now: int
@@ -395,7 +276,7 @@ class SqliteStore:
 
     async def journals(self, device_id: str | None = None) -> list[JournalInfo]:
         """Sequence state per (device, journal), with open gaps."""
-        return await self._read("read sequence state", lambda c: _journals(c, device_id))
+        return await self._read("read sequence state", lambda c: rows.journals(c, device_id))
 
     async def gap_count(self) -> int:
         """Open sequence gaps over every journal."""
@@ -408,11 +289,11 @@ class SqliteStore:
         self, device_id: str | None = None, reason: str | None = None, limit: int = 100
     ) -> list[RejectInfo]:
         """Rejected records, newest first."""
-        return await self._read("read rejects", lambda c: _rejects(c, device_id, reason, limit))
+        return await self._read("read rejects", lambda c: rows.rejects(c, device_id, reason, limit))
 
     async def held_records(self, device_ids: Sequence[str]) -> HeldRecords:
         """Every impression of these devices and every reject they submitted, one snapshot."""
-        return await self._read("read held records", lambda c: _held(c, device_ids))
+        return await self._read("read held records", lambda c: rows.held(c, device_ids))
 
     async def mark_replayed(self, outcomes: Sequence[tuple[int, str]], now: int) -> None:
         """Note on reject rows that they were judged again, and what they became."""
@@ -424,7 +305,7 @@ class SqliteStore:
 
     async def load_catalog(self) -> CatalogState:
         """The catalog's active entries, retired campaigns, and the last change's id."""
-        return await self._read("read the catalog", _snapshot(verdicts.load_catalog))
+        return await self._read("read the catalog", snapshot(verdicts.load_catalog))
 
     async def update_catalog(
         self, update: Callable[[Catalog], tuple[Catalog, list[Change]]], now: int
@@ -447,7 +328,7 @@ class SqliteStore:
 
     async def load_screen(self, device_id: str, watermark: int, limit: int) -> ScreenLoad:
         """A screen's pending plays up to `watermark`, in stored order, and around."""
-        load = _snapshot(lambda c: verdicts.load_screen(c, device_id, watermark, limit))
+        load = snapshot(lambda c: verdicts.load_screen(c, device_id, watermark, limit))
         return await self._read("read a screen's plays", load)
 
     async def save_decisions(
@@ -528,230 +409,31 @@ class SqliteStore:
         try:
             cur = await loop.run_in_executor(self._readers, start)
         except sqlite3.Error as exc:
-            raise _translate(exc, "read rows") from exc
+            raise translate(exc, "read rows") from exc
         try:
             while rows := await loop.run_in_executor(self._readers, fetch, cur):
                 yield rows
         except sqlite3.Error as exc:
-            raise _translate(exc, "read rows") from exc
+            raise translate(exc, "read rows") from exc
         finally:
             await loop.run_in_executor(self._readers, cur.connection.close)
 
+    # --- billing statements (stores/sqlite_billing.py) -------------------------
 
-# --- helpers, run on the store's threads ------------------------------------
+    def statement_snapshot(self) -> AbstractAsyncContextManager[Reader]:
+        """Reads that all see one snapshot of the file."""
+        return sqlite_billing.snapshot(self.path, self._readers)
 
+    async def save_statement(self, final: FinalStatement, rebased: Sequence[Rebase]) -> str:
+        """Keep a final statement and move the billed lines it adjusts; the stored document."""
+        return await self._write(
+            "keep a final statement", lambda c: sqlite_billing.save(c, final, rebased)
+        )
 
-def _snapshot(fn: Callable[[sqlite3.Connection], T]) -> Callable[[sqlite3.Connection], T]:
-    """`fn` run inside one read transaction, so that its queries see one snapshot."""
+    # --- buyer exports --------------------------------------------------------
 
-    def run(conn: sqlite3.Connection) -> T:
-        conn.execute("BEGIN")
-        try:
-            return fn(conn)
-        finally:
-            conn.execute("COMMIT")
-
-    return run
-
-
-def _rollback(conn: sqlite3.Connection) -> None:
-    if conn.in_transaction:
-        with contextlib.suppress(sqlite3.Error):
-            conn.execute("ROLLBACK")
-
-
-def _user_version(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("PRAGMA user_version").fetchone()[0])
-
-
-def _statements(script: str) -> Iterable[str]:
-    buf = ""
-    for line in script.splitlines(keepends=True):
-        if line.lstrip().startswith("--"):
-            continue
-        buf += line
-        if sqlite3.complete_statement(buf):
-            yield buf.strip()
-            buf = ""
-    if buf.strip():
-        yield buf.strip()
-
-
-def _one_device(conn: sqlite3.Connection, column: str, value: str) -> DeviceInfo | None:
-    row = conn.execute(
-        f"SELECT device_id, store_id, created_at, revoked_at FROM devices WHERE {column} = ?",
-        (value,),
-    ).fetchone()
-    return DeviceInfo(*row) if row else None
-
-
-def _credential(conn: sqlite3.Connection, token_hash: str) -> Credential | None:
-    row = conn.execute(
-        "SELECT device_id, store_id, created_at, revoked_at, token_hash FROM devices "
-        "WHERE token_hash = ?",
-        (token_hash,),
-    ).fetchone()
-    return Credential(DeviceInfo(*row[:4]), row[4]) if row else None
-
-
-def _load_state(conn: sqlite3.Connection, key: JournalKey, low: int) -> SequenceState | None:
-    row = conn.execute(
-        "SELECT high_water, high_water_ts FROM journals WHERE device_id = ? AND journal_id = ?",
-        key,
-    ).fetchone()
-    if row is None:
-        return None
-    gaps: tuple[Gap, ...] = ()
-    if low <= row[0]:
-        gaps = tuple(_gaps(conn, key))
-    return SequenceState(row[0], row[1], gaps)
-
-
-def _gaps(conn: sqlite3.Connection, key: JournalKey) -> list[Gap]:
-    rows = conn.execute(
-        "SELECT first_seq, last_seq, before_ts, after_ts FROM gaps "
-        "WHERE device_id = ? AND journal_id = ? ORDER BY first_seq",
-        key,
-    ).fetchall()
-    return [Gap(*row) for row in rows]
-
-
-def _existing(
-    conn: sqlite3.Connection, key: JournalKey, seqs: list[int]
-) -> Iterable[tuple[Key, str]]:
-    for seq, checksum in conn.execute(_EXISTING, (*key, json.dumps(seqs))):
-        yield (key[0], key[1], seq), checksum
-
-
-def _commit(conn: sqlite3.Connection, writes: Sequence[BatchWrite]) -> list[list[Ack]]:
-    keys = tracked_keys(writes)
-    states = {k: _load_state(conn, k, min(seqs)) for k, seqs in keys.items()}
-    existing: dict[Key, str] = {}
-    for key, seqs in keys.items():
-        lookup = needs_lookup(seqs, states[key])
-        if lookup:
-            existing.update(_existing(conn, key, lookup))
-    plan, rollups = plan_group(writes, existing)
-    _INSERT_IMPRESSION.run(conn, plan.impressions)
-    _UPSERT_REJECT.run(conn, plan.rejects)
-    for rollup, rows in rollups.items():
-        _UPSERT_ROLLUP[rollup].run(conn, rows)
-    known = {k: s for k, s in states.items() if s is not None}
-    now = max(w.received_at for w in writes)
-    _save_sequences(conn, sequence_changes(plan.arrivals, known), now)
-    return plan.acks
-
-
-def _rollup_upsert(rollup: Rollup) -> BulkInsert:
-    head, tail = sqlite_upsert(rollup)
-    return BulkInsert(head, len(rollup.columns), tail)
-
-
-_UPSERT_ROLLUP = {rollup: _rollup_upsert(rollup) for rollup in ROLLUPS}
-
-
-def _save_sequences(
-    conn: sqlite3.Connection, changes: dict[JournalKey, SequenceChange], now: int
-) -> None:
-    for key, change in changes.items():
-        if change.closed:
-            conn.executemany(
-                "DELETE FROM gaps WHERE device_id = ? AND journal_id = ? AND first_seq = ?",
-                [(*key, gap.first) for gap in change.closed],
-            )
-        if change.opened:
-            conn.executemany(
-                "INSERT INTO gaps (device_id, journal_id, first_seq, last_seq, before_ts, "
-                "after_ts) VALUES (?, ?, ?, ?, ?, ?)",
-                [(*key, *gap) for gap in change.opened],
-            )
-        state = change.state
-        conn.execute(_UPSERT_JOURNAL, (*key, state.high_water, state.high_water_ts, now, now))
-
-
-def _save_status(conn: sqlite3.Connection, status: Status, received_at: int) -> None:
-    conn.execute(
-        "INSERT INTO device_status (device_id, received_at, payload, evicted_total) "
-        "VALUES (?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET "
-        "received_at = excluded.received_at, payload = excluded.payload, "
-        "evicted_total = evicted_total + excluded.evicted_total",
-        (status.device_id, received_at, encode(status).decode(), status.evicted),
-    )
-    conn.executemany(
-        "INSERT INTO evictions (device_id, journal_id, first_seq, last_seq, reported_at) "
-        "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-        [
-            (status.device_id, status.journal_id or "", first, last, received_at)
-            for first, last in status.evicted_ranges
-        ],
-    )
-
-
-def _latest_status(conn: sqlite3.Connection, device_id: str) -> StatusInfo | None:
-    row = conn.execute(
-        "SELECT received_at, payload, evicted_total FROM device_status WHERE device_id = ?",
-        (device_id,),
-    ).fetchone()
-    if row is None:
-        return None
-    ranges = conn.execute(
-        "SELECT journal_id, first_seq, last_seq FROM evictions WHERE device_id = ? "
-        "ORDER BY journal_id, first_seq",
-        (device_id,),
-    ).fetchall()
-    return status_info(device_id, row[0], decode_status(row[1].encode()), ranges)
-
-
-def _journals(conn: sqlite3.Connection, device_id: str | None) -> list[JournalInfo]:
-    sql = "SELECT device_id, journal_id, high_water, first_seen, last_seen FROM journals"
-    params: tuple[str, ...] = ()
-    if device_id is not None:
-        sql += " WHERE device_id = ?"
-        params = (device_id,)
-    rows = conn.execute(sql + " ORDER BY device_id, first_seen, journal_id", params).fetchall()
-    return [
-        JournalInfo(device, journal, high, first, last, tuple(_gaps(conn, (device, journal))))
-        for device, journal, high, first, last in rows
-    ]
-
-
-_HELD_IMPRESSIONS = (
-    "SELECT device_id, journal_id, seq, checksum, status, start_ts, content_id FROM impressions "
-    "WHERE device_id IN (SELECT value FROM json_each(?))"
-)
-_HELD_REJECTS = (
-    "SELECT device_id, journal_id, seq, checksum, reason FROM rejects "
-    "WHERE submitted_by IN (SELECT value FROM json_each(?)) "
-    "AND (replay_result IS NULL OR replay_result NOT IN ('accepted', 'duplicate'))"
-)
-
-
-def _held(conn: sqlite3.Connection, device_ids: Sequence[str]) -> HeldRecords:
-    wanted = json.dumps(list(device_ids))
-    conn.execute("BEGIN")  # one snapshot for both
-    try:
-        impressions = conn.execute(_HELD_IMPRESSIONS, (wanted,)).fetchall()
-        rejects = conn.execute(_HELD_REJECTS, (wanted,)).fetchall()
-    finally:
-        conn.execute("COMMIT")
-    return HeldRecords(impressions, rejects)
-
-
-def _rejects(
-    conn: sqlite3.Connection, device_id: str | None, reason: str | None, limit: int
-) -> list[RejectInfo]:
-    where, params = [], []
-    if device_id is not None:
-        where.append("submitted_by = ?")
-        params.append(device_id)
-    if reason is not None:
-        where.append("reason = ?")
-        params.append(reason)
-    sql = (
-        "SELECT id, submitted_by, device_id, journal_id, seq, checksum, reason, detail, raw, "
-        "sent_at, received_at, times FROM rejects"
-    )
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    rows = conn.execute(sql + " ORDER BY id DESC LIMIT ?", (*params, limit)).fetchall()
-    return [RejectInfo(*row) for row in rows]
+    async def create_export(self, request: ExportRequest) -> ExportInfo:
+        """Take, decide and record the buyer's unsettled verified plays (one write transaction)."""
+        return await self._write(
+            "create an export", lambda c: sqlite_exports.create_export(c, request)
+        )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from playproof.stores.base import Store
+from playproof.stores.base import Reader, Store
 from playproof.stores.queries import placeholder
 
 
@@ -26,7 +26,7 @@ async def pending_screens(store: Store, watermark: int, limit: int) -> list[str]
     return [str(r[0]) for r in rows]
 
 
-async def oldest_pending(store: Store) -> int | None:
+async def oldest_pending(store: Reader) -> int | None:
     """The received_at of the oldest play waiting for its decision (the verifier's lag)."""
     rows = await store.read_rows(
         "SELECT MIN(received_at) FROM impressions WHERE verification = 'pending'"
@@ -61,3 +61,20 @@ async def verification_log(store: Store, key: Sequence[Any]) -> list[tuple[Any, 
         f"WHERE device_id = {ph} AND journal_id = {ph} AND seq = {ph} ORDER BY id",
         tuple(key),
     )
+
+
+async def pending_count(store: Store) -> int:
+    """Valid plays waiting for their decision."""
+    rows = await store.read_rows("SELECT COUNT(*) FROM impressions WHERE verification = 'pending'")
+    return int(rows[0][0])
+
+
+async def content_references(store: Store, content_id: str) -> list[tuple[str, str, int]]:
+    """A content's reference images: (sha256, phash, added_at), oldest first."""
+    ph = placeholder(store)
+    rows = await store.read_rows(
+        "SELECT sha256, phash, added_at FROM content_references "
+        f"WHERE content_id = {ph} ORDER BY added_at, sha256",
+        (content_id,),
+    )
+    return [(str(s), str(p), int(a)) for s, p, a in rows]

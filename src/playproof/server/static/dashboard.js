@@ -132,6 +132,64 @@ async function exportCsv() {
   link.click();
 }
 
+// --- verification -------------------------------------------------------------------
+
+async function refreshVerification() {
+  const range = period();
+  const [queue, byCampaign, byReason] = await Promise.all([
+    json("/v1/verification"),
+    json("/v1/reports/verification", { ...range, group_by: "campaign_id" }),
+    json("/v1/reports/verification", { ...range, group_by: "reason" }),
+  ]);
+  const sum = (k) => byCampaign.rows.reduce((a, r) => a + (r[k] || 0), 0);
+  $("verify-pending").textContent = fmt(queue.pending);
+  $("verify-lag").textContent = queue.lag_s === null ? "0" : fmt(Math.round(queue.lag_s));
+  $("verify-verified").textContent = fmt(sum("verified"));
+  $("verify-failed").textContent = fmt(sum("failed"));
+  const most = Math.max(1, ...byReason.rows.map((r) => r.failed));
+  fill("verify-reasons", byReason.rows, (tr, r) => {
+    tr.dataset.reason = r.reason;
+    cell(tr, r.reason);
+    cell(tr, fmt(r.failed), "num");
+    const bar = document.createElement("div");
+    bar.className = "bar";
+    bar.style.width = `${(100 * r.failed) / most}%`;
+    cell(tr, bar);
+  });
+  await refreshFailedPlays(range);
+}
+
+async function referenceOf(contentId) {
+  const key = `ref:${contentId}`;
+  if (!state.shots.has(key)) {
+    const found = await json(`/v1/contents/${encodeURIComponent(contentId)}/reference`)
+      .catch(() => ({ references: [] }));
+    state.shots.set(key, found.references.length ? found.references[0].url : null);
+  }
+  const url = state.shots.get(key);
+  return url ? thumbnail(url) : document.createTextNode("no reference");
+}
+
+async function refreshFailedPlays(range) {
+  const page = await json("/v1/impressions",
+    { from: range.from, to: range.to, verification: "failed", limit: 1000 });
+  const latest = page.impressions.slice(-15).reverse();
+  const shots = await Promise.all(latest.map((i) => (i.screenshot_url
+    ? thumbnail(i.screenshot_url) : Promise.resolve(document.createTextNode("none")))));
+  const refs = await Promise.all(latest.map((i) => referenceOf(i.content_id)));
+  fill("verify-failed-plays", latest, (tr, i) => {
+    const at = latest.indexOf(i);
+    tr.dataset.device = i.device_id;
+    cell(tr, new Date(i.start_ts).toLocaleString());
+    cell(tr, i.device_id);
+    cell(tr, i.campaign_id);
+    cell(tr, i.content_id);
+    cell(tr, (i.verification_reasons || []).join(", "));
+    cell(tr, shots[at]);
+    cell(tr, refs[at]);
+  });
+}
+
 // --- devices, rejects, impressions ------------------------------------------------
 
 function badges(problems) {
@@ -227,6 +285,7 @@ function start(name) {
   $("operator").textContent = `operator ${name}`;
   every(2000, refreshLive);
   every(5000, refreshDelivery);
+  every(5000, refreshVerification);
   every(5000, refreshDevices);
   every(10000, refreshRejects);
   every(5000, refreshImpressions);
@@ -258,7 +317,10 @@ async function login(token) {
 $("login-form").addEventListener("submit", (e) => { e.preventDefault(); login($("token").value.trim()); });
 $("logout").addEventListener("click", () => logout(""));
 $("delivery-csv").addEventListener("click", () => exportCsv().catch(console.error));
-$("delivery-period").addEventListener("change", () => refreshDelivery().catch(console.error));
+$("delivery-period").addEventListener("change", () => {
+  refreshDelivery().catch(console.error);
+  refreshVerification().catch(console.error);
+});
 $("delivery-tz").addEventListener("change", () => refreshDelivery().catch(console.error));
 const localZone = Intl.DateTimeFormat().resolvedOptions().timeZone;
 if (localZone && localZone !== "UTC") $("delivery-tz").add(new Option(localZone));

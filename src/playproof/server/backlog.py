@@ -1,0 +1,93 @@
+"""The backlog: what the service holds between reading a batch and answering it.
+
+A batch read from a socket is decoded, judged and queued for the group
+committer; until its acks leave, its body and its records are in memory. The
+backlog counts both, in total and per device, and refuses a batch that would
+take it past `max_records` or `max_bytes` (`Overloaded`: HTTP 503, a stream
+frame error with `retry_after_ms`), so that no flood, and no store that has
+stopped committing, can take the service's memory.
+
+Fairness: once the backlog is half full, a device may add to it only while it
+holds at most a 1/(n+1) share, n being the devices holding something (itself
+included). Devices within their shares hold at most n/(n+1) of the whole, so
+there is room for one more device's batch of up to its share; a device holding
+more than that gets nothing more until its batches are answered. A flood from
+many tokens thus shares the backlog with a well-behaved screen rather than
+taking it all (the stream also leaves a refused connection unread for a while,
+stream.py); it only shrinks the batch a device can have taken at once
+(64 MiB / 52 devices: 1.2 MiB).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from playproof.errors import Overloaded
+
+
+class Backlog:
+    """Records and body bytes held from reading to answering, bounded in total and per device."""
+
+    def __init__(self, max_records: int, max_bytes: int, retry_after_s: float = 1.0) -> None:
+        self._max = (max_records, max_bytes)
+        self._retry_after_s = retry_after_s
+        self._records = 0
+        self._bytes = 0
+        self._held: dict[str, tuple[int, int]] = {}
+
+    @property
+    def records(self) -> int:
+        """Records held now."""
+        return self._records
+
+    @property
+    def bytes(self) -> int:
+        """Body bytes held now."""
+        return self._bytes
+
+    def check(self, device_id: str, records: int, nbytes: int) -> None:
+        """Raise Overloaded unless a batch of this size from this device would be taken now."""
+        refusal = self._refusal(device_id, records, nbytes)
+        if refusal is not None:
+            raise Overloaded(
+                f"the service is overloaded ({refusal}); retry after {self._retry_after_s:g} s",
+                self._retry_after_s,
+            )
+
+    @contextlib.contextmanager
+    def hold(self, device_id: str, records: int, nbytes: int) -> Iterator[None]:
+        """Count a batch as held until the block ends; Overloaded if it may not be."""
+        self.check(device_id, records, nbytes)
+        self._add(device_id, records, nbytes)
+        try:
+            yield
+        finally:
+            self._add(device_id, -records, -nbytes)
+
+    def _add(self, device_id: str, records: int, nbytes: int) -> None:
+        self._records += records
+        self._bytes += nbytes
+        held_records, held_bytes = self._held.get(device_id, (0, 0))
+        held = (held_records + records, held_bytes + nbytes)
+        if held == (0, 0):
+            self._held.pop(device_id, None)
+        else:
+            self._held[device_id] = held
+
+    def _refusal(self, device_id: str, records: int, nbytes: int) -> str | None:
+        total = (self._records + records, self._bytes + nbytes)
+        if total[0] > self._max[0] or total[1] > self._max[1]:
+            return (
+                f"it holds {self._records} records and {self._bytes} bytes, "
+                f"at most {self._max[0]} and {self._max[1]}"
+            )
+        if total[0] * 2 <= self._max[0] and total[1] * 2 <= self._max[1]:
+            return None
+        held_records, held_bytes = self._held.get(device_id, (0, 0))
+        holders = len(self._held) + (device_id not in self._held)
+        share = holders + 1
+        mine = (held_records + records, held_bytes + nbytes)
+        if mine[0] * share > self._max[0] or mine[1] * share > self._max[1]:
+            return f"device {device_id!r} would hold more than its 1/{share} share of the backlog"
+        return None

@@ -1,0 +1,230 @@
+"""The SQLite store's statements, run on its threads: commits, devices, health, rejects."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Sequence
+
+from playproof.protocol import Ack, Status, decode_status, encode
+from playproof.rules import Gap, SequenceChange, SequenceState
+from playproof.stores.base import (
+    IMPRESSION_COLUMNS,
+    REJECT_COLUMNS,
+    BatchWrite,
+    Credential,
+    DeviceInfo,
+    HeldRecords,
+    JournalInfo,
+    JournalKey,
+    Key,
+    RejectInfo,
+    StatusInfo,
+    needs_lookup,
+    sequence_changes,
+    status_info,
+    tracked_keys,
+)
+from playproof.stores.draft import plan_group
+from playproof.stores.rollup import ROLLUPS, Rollup, sqlite_upsert
+from playproof.stores.sqlite_conn import BulkInsert
+
+_INSERT_IMPRESSION = BulkInsert(
+    f"INSERT INTO impressions ({', '.join(IMPRESSION_COLUMNS)})", len(IMPRESSION_COLUMNS)
+)
+_UPSERT_REJECT = BulkInsert(
+    f"INSERT INTO rejects ({', '.join(REJECT_COLUMNS)})",
+    len(REJECT_COLUMNS),
+    "ON CONFLICT (device_id, journal_id, seq, checksum, reason) "
+    "DO UPDATE SET times = times + 1, received_at = excluded.received_at",
+)
+_UPSERT_JOURNAL = (
+    "INSERT INTO journals (device_id, journal_id, high_water, high_water_ts, first_seen, "
+    "last_seen) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, journal_id) DO UPDATE SET "
+    "high_water = excluded.high_water, high_water_ts = excluded.high_water_ts, "
+    "last_seen = excluded.last_seen"
+)
+_EXISTING = (
+    "SELECT seq, checksum FROM impressions WHERE device_id = ? AND journal_id = ? "
+    "AND seq IN (SELECT value FROM json_each(?))"
+)
+
+
+def one_device(conn: sqlite3.Connection, column: str, value: str) -> DeviceInfo | None:
+    row = conn.execute(
+        f"SELECT device_id, store_id, created_at, revoked_at FROM devices WHERE {column} = ?",
+        (value,),
+    ).fetchone()
+    return DeviceInfo(*row) if row else None
+
+
+def credential(conn: sqlite3.Connection, token_hash: str) -> Credential | None:
+    row = conn.execute(
+        "SELECT device_id, store_id, created_at, revoked_at, token_hash FROM devices "
+        "WHERE token_hash = ?",
+        (token_hash,),
+    ).fetchone()
+    return Credential(DeviceInfo(*row[:4]), row[4]) if row else None
+
+
+def _load_state(conn: sqlite3.Connection, key: JournalKey, low: int) -> SequenceState | None:
+    row = conn.execute(
+        "SELECT high_water, high_water_ts FROM journals WHERE device_id = ? AND journal_id = ?",
+        key,
+    ).fetchone()
+    if row is None:
+        return None
+    gaps: tuple[Gap, ...] = ()
+    if low <= row[0]:
+        gaps = tuple(_gaps(conn, key))
+    return SequenceState(row[0], row[1], gaps)
+
+
+def _gaps(conn: sqlite3.Connection, key: JournalKey) -> list[Gap]:
+    rows = conn.execute(
+        "SELECT first_seq, last_seq, before_ts, after_ts FROM gaps "
+        "WHERE device_id = ? AND journal_id = ? ORDER BY first_seq",
+        key,
+    ).fetchall()
+    return [Gap(*row) for row in rows]
+
+
+def _existing(
+    conn: sqlite3.Connection, key: JournalKey, seqs: list[int]
+) -> Iterable[tuple[Key, str]]:
+    for seq, checksum in conn.execute(_EXISTING, (*key, json.dumps(seqs))):
+        yield (key[0], key[1], seq), checksum
+
+
+def commit(conn: sqlite3.Connection, writes: Sequence[BatchWrite]) -> list[list[Ack]]:
+    keys = tracked_keys(writes)
+    states = {k: _load_state(conn, k, min(seqs)) for k, seqs in keys.items()}
+    existing: dict[Key, str] = {}
+    for key, seqs in keys.items():
+        lookup = needs_lookup(seqs, states[key])
+        if lookup:
+            existing.update(_existing(conn, key, lookup))
+    plan, rollups = plan_group(writes, existing)
+    _INSERT_IMPRESSION.run(conn, plan.impressions)
+    _UPSERT_REJECT.run(conn, plan.rejects)
+    for rollup, rows in rollups.items():
+        _UPSERT_ROLLUP[rollup].run(conn, rows)
+    known = {k: s for k, s in states.items() if s is not None}
+    now = max(w.received_at for w in writes)
+    _save_sequences(conn, sequence_changes(plan.arrivals, known), now)
+    return plan.acks
+
+
+def _rollup_upsert(rollup: Rollup) -> BulkInsert:
+    head, tail = sqlite_upsert(rollup)
+    return BulkInsert(head, len(rollup.columns), tail)
+
+
+_UPSERT_ROLLUP = {rollup: _rollup_upsert(rollup) for rollup in ROLLUPS}
+
+
+def _save_sequences(
+    conn: sqlite3.Connection, changes: dict[JournalKey, SequenceChange], now: int
+) -> None:
+    for key, change in changes.items():
+        if change.closed:
+            conn.executemany(
+                "DELETE FROM gaps WHERE device_id = ? AND journal_id = ? AND first_seq = ?",
+                [(*key, gap.first) for gap in change.closed],
+            )
+        if change.opened:
+            conn.executemany(
+                "INSERT INTO gaps (device_id, journal_id, first_seq, last_seq, before_ts, "
+                "after_ts) VALUES (?, ?, ?, ?, ?, ?)",
+                [(*key, *gap) for gap in change.opened],
+            )
+        state = change.state
+        conn.execute(_UPSERT_JOURNAL, (*key, state.high_water, state.high_water_ts, now, now))
+
+
+def save_status(conn: sqlite3.Connection, status: Status, received_at: int) -> None:
+    conn.execute(
+        "INSERT INTO device_status (device_id, received_at, payload, evicted_total) "
+        "VALUES (?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET "
+        "received_at = excluded.received_at, payload = excluded.payload, "
+        "evicted_total = evicted_total + excluded.evicted_total",
+        (status.device_id, received_at, encode(status).decode(), status.evicted),
+    )
+    conn.executemany(
+        "INSERT INTO evictions (device_id, journal_id, first_seq, last_seq, reported_at) "
+        "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        [
+            (status.device_id, status.journal_id or "", first, last, received_at)
+            for first, last in status.evicted_ranges
+        ],
+    )
+
+
+def latest_status(conn: sqlite3.Connection, device_id: str) -> StatusInfo | None:
+    row = conn.execute(
+        "SELECT received_at, payload, evicted_total FROM device_status WHERE device_id = ?",
+        (device_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    ranges = conn.execute(
+        "SELECT journal_id, first_seq, last_seq FROM evictions WHERE device_id = ? "
+        "ORDER BY journal_id, first_seq",
+        (device_id,),
+    ).fetchall()
+    return status_info(device_id, row[0], decode_status(row[1].encode()), ranges)
+
+
+def journals(conn: sqlite3.Connection, device_id: str | None) -> list[JournalInfo]:
+    sql = "SELECT device_id, journal_id, high_water, first_seen, last_seen FROM journals"
+    params: tuple[str, ...] = ()
+    if device_id is not None:
+        sql += " WHERE device_id = ?"
+        params = (device_id,)
+    rows = conn.execute(sql + " ORDER BY device_id, first_seen, journal_id", params).fetchall()
+    return [
+        JournalInfo(device, journal, high, first, last, tuple(_gaps(conn, (device, journal))))
+        for device, journal, high, first, last in rows
+    ]
+
+
+_HELD_IMPRESSIONS = (
+    "SELECT device_id, journal_id, seq, checksum, status, start_ts, content_id FROM impressions "
+    "WHERE device_id IN (SELECT value FROM json_each(?))"
+)
+_HELD_REJECTS = (
+    "SELECT device_id, journal_id, seq, checksum, reason FROM rejects "
+    "WHERE submitted_by IN (SELECT value FROM json_each(?)) "
+    "AND (replay_result IS NULL OR replay_result NOT IN ('accepted', 'duplicate'))"
+)
+
+
+def held(conn: sqlite3.Connection, device_ids: Sequence[str]) -> HeldRecords:
+    wanted = json.dumps(list(device_ids))
+    conn.execute("BEGIN")  # one snapshot for both
+    try:
+        impressions = conn.execute(_HELD_IMPRESSIONS, (wanted,)).fetchall()
+        rejects = conn.execute(_HELD_REJECTS, (wanted,)).fetchall()
+    finally:
+        conn.execute("COMMIT")
+    return HeldRecords(impressions, rejects)
+
+
+def rejects(
+    conn: sqlite3.Connection, device_id: str | None, reason: str | None, limit: int
+) -> list[RejectInfo]:
+    where, params = [], []
+    if device_id is not None:
+        where.append("submitted_by = ?")
+        params.append(device_id)
+    if reason is not None:
+        where.append("reason = ?")
+        params.append(reason)
+    sql = (
+        "SELECT id, submitted_by, device_id, journal_id, seq, checksum, reason, detail, raw, "
+        "sent_at, received_at, times FROM rejects"
+    )
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    rows = conn.execute(sql + " ORDER BY id DESC LIMIT ?", (*params, limit)).fetchall()
+    return [RejectInfo(*row) for row in rows]
