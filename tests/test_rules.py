@@ -21,6 +21,7 @@ from playproof.rules import (
     quality,
     skew_band,
 )
+from playproof.stores.base import gap_window
 from tests.support import make_record
 
 NOW = 1_795_481_423_123
@@ -265,6 +266,72 @@ def test_closed_and_opened_gaps_replay_to_the_new_state(batches: list[list[int]]
         stored = (stored - set(change.closed)) | set(change.opened)
         state = change.state
         assert stored == set(state.gaps)
+
+
+caps = st.integers(min_value=1, max_value=6)
+
+
+@given(batches=arrival_lists, cap=caps)
+def test_a_capped_journal_never_holds_more_gaps_and_its_gaps_cover_every_missing_one(
+    batches: list[list[int]], cap: int
+) -> None:
+    """Past the cap gaps merge (an upper bound, marked suspect); below it they stay exact."""
+    state = SequenceState(0, 0, ())
+    received: set[int] = set()
+    for batch in batches:
+        state = advance(state, [(s, s * 1000) for s in batch], cap).state
+        received.update(batch)
+        assert len(state.gaps) == state.gap_count <= cap
+        in_gaps = {s for g in state.gaps for s in range(g.first, g.last + 1)}
+        missing = set(range(1, state.high_water + 1)) - received
+        assert missing <= in_gaps
+        assert state.suspect or in_gaps == missing
+        assert state.suspect == (state.suspect and bool(state.gaps))
+
+
+@example(batches=[[1, 3, 5, 7], [2, 6], [4]], cap=2)
+@given(batches=arrival_lists, cap=st.none() | caps)
+def test_advancing_only_the_gaps_in_the_window_is_exactly_advancing_them_all(
+    batches: list[list[int]], cap: int | None
+) -> None:
+    """A store loads only `gap_window`'s gaps, applies the change, ends as a full load would."""
+    full = SequenceState(0, 0, ())
+    stored: set[Gap] = set()
+    for batch in batches:
+        seqs = [(s, s * 1000) for s in batch]
+        window = gap_window(batch, full)
+        low, high = window.low, window.high
+        loaded = {
+            g
+            for g in stored
+            if low is not None and high is not None and g.last >= low and g.first <= high
+        }
+        if window.last and stored:
+            loaded.add(max(stored))
+        partial = full._replace(gaps=tuple(sorted(loaded)))
+        change = advance(partial, seqs, cap)
+        stored = (stored - set(change.closed)) | set(change.opened)
+        full = advance(full, seqs, cap).state
+        assert stored == set(full.gaps)
+        assert change.state._replace(gaps=()) == full._replace(gaps=())
+
+
+def test_past_the_cap_a_new_gap_merges_into_the_last_and_an_inner_arrival_splits_nothing() -> None:
+    state = advance(SequenceState(0, 0, ()), [(1, 1), (3, 3), (5, 5)], max_open_gaps=2).state
+    assert state.gaps == (Gap(2, 2, 1, 3), Gap(4, 4, 3, 5)) and not state.suspect
+    state = advance(state, [(7, 7), (9, 9)], max_open_gaps=2).state
+    # 6 and 8 merged into 4's gap: 5 and 7, which did arrive, are inside it now.
+    assert state.gaps == (Gap(2, 2, 1, 3), Gap(4, 8, 3, 9)) and state.suspect
+    assert advance(state, [(6, 6)], max_open_gaps=2).state.gaps == state.gaps
+    state = advance(state, [(2, 2), (4, 4)], max_open_gaps=2).state
+    assert state.gaps == (Gap(5, 8, 4, 9),) and state.gap_count == 1 and state.suspect
+    state = advance(state, [(5, 5), (6, 6), (7, 7), (8, 8)], max_open_gaps=2).state
+    assert state.gaps == () and not state.suspect  # nothing left to over-count
+
+
+def test_max_open_gaps_must_be_at_least_one() -> None:
+    with pytest.raises(ValueError, match="max_open_gaps"):
+        Policy(max_open_gaps=0)
 
 
 def test_a_late_record_splits_a_gap_and_neighbour_times_follow() -> None:

@@ -5,14 +5,26 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from playproof import cli_catalog, cli_fleet, cli_reports
+from playproof.cli_common import (
+    ConfigOption,
+    DbOption,
+    FromOption,
+    LimitOption,
+    RuleOption,
+    ToOption,
+    err,
+    fail,
+    query_params,
+    run,
+)
 from playproof.config import load_limits, load_policy
 from playproof.errors import PlayproofError
 from playproof.stores import DEFAULT_URL, redact_url
@@ -21,7 +33,6 @@ if TYPE_CHECKING:
     from playproof.pipeline import Pipeline
     from playproof.rules import Policy
 
-T = TypeVar("T")
 
 app = typer.Typer(
     help="playproof: proof-of-play impression recording.",
@@ -33,54 +44,12 @@ db = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(devices, name="devices")
 app.add_typer(db, name="db")
 operators = typer.Typer(help="Register, list and revoke operators.", no_args_is_help=True)
-report = typer.Typer(
-    help="Delivery, verification, rejects and device reports.", no_args_is_help=True
-)
-rejects = typer.Typer(help="Rejected records: judge them again.", no_args_is_help=True)
-catalog = typer.Typer(help="The catalog of what was booked.", no_args_is_help=True)
-app.add_typer(catalog, name="catalog")
+app.add_typer(cli_catalog.catalog, name="catalog")
+for command in (cli_fleet.demo, cli_fleet.simulate, cli_fleet.reconcile):
+    app.command()(command)
 app.add_typer(operators, name="operators")
-app.add_typer(report, name="report")
-app.add_typer(rejects, name="rejects")
-
-err = Console(stderr=True)
-
-DbOption = Annotated[
-    str,
-    typer.Option(
-        "--db", envvar="PLAYPROOF_DB", help="Database URL: sqlite:///PATH or postgresql://..."
-    ),
-]
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option("--config", envvar="PLAYPROOF_CONFIG", help="TOML file with a [rules] table."),
-]
-LimitOption = Annotated[
-    list[str] | None,
-    typer.Option("--limit", help="Override one service limit: NAME=VALUE (repeatable)."),
-]
-RuleOption = Annotated[
-    list[str] | None,
-    typer.Option("--rule", help="Override one rule threshold: NAME=VALUE (repeatable)."),
-]
-
-
-def fail(message: str, code: int = 1) -> typer.Exit:
-    """Print an error for humans and return the Exit to raise."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
-    return typer.Exit(code)
-
-
-def run(coro: Callable[[], Awaitable[T]]) -> T:
-    """Run an admin coroutine, turning our errors into one clear line and exit code 1."""
-    try:
-        return asyncio.run(_call(coro))
-    except (PlayproofError, ValueError) as exc:
-        raise fail(str(exc)) from None
-
-
-async def _call(coro: Callable[[], Awaitable[T]]) -> T:
-    return await coro()
+app.add_typer(cli_reports.report, name="report")
+app.add_typer(cli_catalog.rejects, name="rejects")
 
 
 PipelineOption = Annotated[
@@ -178,14 +147,19 @@ def load(
         str | None, typer.Option(help="Partitions to load, e.g. 0,2 or 0-3 (default: all).")
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    config: ConfigOption = None,
+    rule: RuleOption = None,
 ) -> None:
     """Load records from the JetStream pipeline into the database (run any number of these)."""
     from playproof.pipeline.run import run_loader
     from playproof.stores import open_store
 
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    store = open_store(db_url)
+    # The loader commits, so it applies the cap on open gaps per journal, as `serve` does.
+    store.max_open_gaps = load_policy(config, rule or []).max_open_gaps
     run(lambda: _upgrade_schema(db_url))
-    run(lambda: run_loader(pipeline, open_store(db_url), partitions))
+    run(lambda: run_loader(pipeline, store, partitions))
 
 
 @devices.command("add")
@@ -274,120 +248,6 @@ def devices_show(
             return await admin.device_health(store, device_id, policy=policy)
 
     print(json.dumps(run(show), indent=2))
-
-
-FleetDirOption = Annotated[
-    Path, typer.Option("--devices-dir", help="One data folder per simulated screen, in here.")
-]
-Share = Annotated[float, typer.Option(min=0.0, max=1.0)]
-JsonOption = Annotated[
-    Path | None, typer.Option("--json", help="Also write the reconciliation as JSON here.")
-]
-AllOption = Annotated[bool, typer.Option("--all", help="List every device, not the worst 20.")]
-
-
-@app.command()
-def demo(
-    port: Annotated[int, typer.Option(help="Port to serve on.")] = 8787,
-    devices: Annotated[int, typer.Option(help="Simulated screens.")] = 50,
-    duration: Annotated[str, typer.Option(help="Simulated time to run: 90s, 10m, 2h.")] = "10m",
-    speed: Annotated[float, typer.Option(help="Simulated clock speed.")] = 10.0,
-    seed: Annotated[int, typer.Option(help="Seed of the fleet's plan.")] = 1,
-) -> None:
-    """The service on ./playproof.db with a live simulated fleet, then the reconciliation."""
-    from playproof.fleet.demo import run_demo
-
-    try:
-        code = run_demo(port, devices=devices, duration=duration, speed=speed, seed=seed)
-    except PlayproofError as exc:
-        raise fail(str(exc)) from None
-    raise typer.Exit(code)
-
-
-@app.command()
-def simulate(
-    server: Annotated[str, typer.Option("--server", help="The ingest service's base URL.")],
-    db_url: DbOption = DEFAULT_URL,
-    devices: Annotated[int, typer.Option(help="Simulated screens.")] = 100,
-    duration: Annotated[str, typer.Option(help="Simulated time to run: 90s, 5m, 2h.")] = "10m",
-    speed: Annotated[
-        float | None, typer.Option(help="Clock speed; the service's must match (default: its).")
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Seed: the same seed, the same fleet and faults.")] = 1,
-    devices_dir: FleetDirOption = Path("playproof.fleet"),
-    workers: Annotated[int, typer.Option(help="Processes (0: as descriptors require).")] = 0,
-    play_length: Annotated[str, typer.Option(help="Content lengths, MIN..MAX.")] = "10s..30s",
-    capacity: Annotated[int, typer.Option(help="Journal capacity per screen.")] = 5760,
-    drain: Annotated[float, typer.Option(help="Real seconds to deliver at the end.")] = 30.0,
-    ramp: Annotated[float | None, typer.Option(help="Real seconds to start every screen.")] = None,
-    no_faults: Annotated[bool, typer.Option("--no-faults", help="Disable every fault.")] = False,
-    offline: Share = 0.1,
-    offline_windows: Annotated[int, typer.Option(help="Offline windows per screen.")] = 2,
-    offline_length: Annotated[str, typer.Option(help="Offline window lengths.")] = "1m..30m",
-    long_offline: Share = 0.02,
-    skew: Share = 0.1,
-    skew_max: Annotated[str, typer.Option(help="Largest clock skew.")] = "6h",
-    steps: Share = 0.05,
-    skip: Share = 0.1,
-    interrupt: Share = 0.02,
-    error: Share = 0.01,
-    loops: Share = 0.1,
-    crash: Share = 0.05,
-    crashes: Annotated[int, typer.Option(help="Crashes per crashing screen, at most.")] = 2,
-    ntp: Annotated[bool, typer.Option(help="Screens with good clocks use the fleet's NTP.")] = True,
-    fast_journals: Annotated[
-        bool, typer.Option("--fast-journals", help="Simulation only: journals without fsync.")
-    ] = False,
-    with_catalog: Annotated[
-        bool,
-        typer.Option(
-            "--catalog/--no-catalog", help="Import the catalog that books the fleet first."
-        ),
-    ] = True,
-    screenshots: Annotated[
-        int, typer.Option(help="Screens taking proof screenshots (a simulated display).")
-    ] = 0,
-    live: Annotated[bool | None, typer.Option(help="Rich live view (default: on a TTY).")] = None,
-    json_path: JsonOption = None,
-    show_all: AllOption = False,
-) -> None:
-    """Run simulated screens through the device SDK against a service, then reconcile."""
-    from playproof.fleet import commands
-    from playproof.fleet.plan import Faults, FleetOptions, parse_duration, parse_range
-
-    try:
-        faults = Faults.none() if no_faults else Faults(
-            offline, offline_windows, parse_range(offline_length), long_offline, skew,
-            parse_duration(skew_max), steps, skip, interrupt, error, loops, crash, crashes,
-        )  # fmt: skip
-        options = FleetOptions(
-            devices, parse_duration(duration), devices_dir, seed, faults, parse_range(play_length),
-            capacity=capacity, ramp_s=ramp, drain_s=drain, workers=workers, ntp=ntp,
-            fast_journals=fast_journals, catalog=with_catalog, screenshots=screenshots,
-        )  # fmt: skip
-        code = commands.simulate(
-            server, db_url, options, speed=speed, live=live, json_path=json_path, show_all=show_all
-        )
-    except PlayproofError as exc:
-        raise fail(str(exc)) from None
-    raise typer.Exit(code)
-
-
-@app.command()
-def reconcile(
-    db_url: DbOption = DEFAULT_URL,
-    devices_dir: FleetDirOption = Path("playproof.fleet"),
-    json_path: JsonOption = None,
-    show_all: AllOption = False,
-) -> None:
-    """Compare what stopped devices recorded with what the service holds; exit 1 on a loss."""
-    from playproof.fleet import commands
-
-    try:
-        code = commands.reconcile(db_url, devices_dir, json_path, show_all)
-    except PlayproofError as exc:
-        raise fail(str(exc)) from None
-    raise typer.Exit(code)
 
 
 @db.command("upgrade")
@@ -511,195 +371,6 @@ def operators_revoke(
     err.print(f"revoked {name}")
 
 
-FromOption = Annotated[
-    str | None, typer.Option("--from", help="Start: RFC 3339, or a date (midnight in --tz).")
-]
-ToOption = Annotated[str | None, typer.Option("--to", help="End (excluded), as --from.")]
-TzOption = Annotated[str | None, typer.Option("--tz", help="UTC or an IANA zone name.")]
-CsvOption = Annotated[bool, typer.Option("--csv", help="Print CSV instead of a table.")]
-FilterOption = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--filter", help="Only rows with NAME=VALUE, e.g. supplier_id=sup-1 (repeatable)."
-    ),
-]
-
-
-def _query(**given: str | None) -> dict[str, str]:
-    return {name.replace("from_", "from"): v for name, v in given.items() if v is not None}
-
-
-def _filters(flags: list[str] | None) -> dict[str, str]:
-    found = {}
-    for flag in flags or []:
-        name, sep, value = flag.partition("=")
-        if not sep:
-            raise fail(f"expected --filter NAME=VALUE, got {flag!r}")
-        found[name.strip()] = value.strip()
-    return found
-
-
-def _print_table(table: Any, as_csv: bool) -> None:
-    from playproof.server.formats import csv_text
-
-    if as_csv:
-        print(csv_text(table.columns, table.rows), end="")
-        return
-    shown = Table(*table.columns)
-    for row in table.rows:
-        shown.add_row(*(", ".join(v) if isinstance(v, list) else str(v) for v in row))
-    Console().print(shown)
-
-
-@report.command("delivery")
-def report_delivery(
-    from_: FromOption = None,
-    to: ToOption = None,
-    group_by: Annotated[
-        str, typer.Option("--group-by", help="Comma-separated: campaign_id, ..., hour, day.")
-    ] = "campaign_id,day",
-    tz: TzOption = None,
-    filters: FilterOption = None,
-    as_csv: CsvOption = False,
-    db_url: DbOption = DEFAULT_URL,
-) -> None:
-    """Valid and partial plays, played seconds and mean quality per group (what billing reads)."""
-    from playproof.server import admin, reports
-
-    query = {**_query(from_=from_, to=to, group_by=group_by, tz=tz), **_filters(filters)}
-
-    async def build() -> Any:
-        async with admin.opened(db_url) as store:
-            return await reports.delivery(store, query)
-
-    _print_table(run(build), as_csv)
-
-
-@report.command("verification")
-def report_verification(
-    from_: FromOption = None,
-    to: ToOption = None,
-    group_by: Annotated[
-        str,
-        typer.Option(
-            "--group-by", help="Comma-separated: reason, campaign_id, ..., device_id, hour, day."
-        ),
-    ] = "campaign_id",
-    tz: TzOption = None,
-    filters: FilterOption = None,
-    as_csv: CsvOption = False,
-    db_url: DbOption = DEFAULT_URL,
-) -> None:
-    """Valid plays verified, failed and pending per group; with `reason`, failures by reason."""
-    from playproof.server import admin, verification_report
-
-    query = {**_query(from_=from_, to=to, group_by=group_by, tz=tz), **_filters(filters)}
-
-    async def build() -> Any:
-        async with admin.opened(db_url) as store:
-            return await verification_report.verification(store, query)
-
-    table = run(build)
-    _print_table(table, as_csv)
-    if "counting" in table.meta and not as_csv:
-        totals = table.meta["totals"]
-        err.print(f"{totals['failed_plays']} plays failed; {table.meta['counting']}")
-
-
-@report.command("rejects")
-def report_rejects(
-    from_: FromOption = None,
-    to: ToOption = None,
-    group_by: Annotated[
-        str, typer.Option("--group-by", help="Comma-separated: reason, device_id, hour, day.")
-    ] = "reason",
-    tz: TzOption = None,
-    as_csv: CsvOption = False,
-    db_url: DbOption = DEFAULT_URL,
-) -> None:
-    """Rejected records counted by reason (and device, hour or day); the last day by default."""
-    from playproof.server import admin, reports
-    from playproof.server.ingest import wall_clock_ms
-
-    query = _query(from_=from_, to=to, group_by=group_by, tz=tz)
-
-    async def build() -> Any:
-        async with admin.opened(db_url) as store:
-            return await reports.reject_counts(store, query, wall_clock_ms())
-
-    _print_table(run(build), as_csv)
-
-
-@report.command("devices")
-def report_devices(
-    as_csv: CsvOption = False,
-    db_url: DbOption = DEFAULT_URL,
-    config: ConfigOption = None,
-    rule: RuleOption = None,
-) -> None:
-    """Every device's health: last seen, skew, clock, queue, sequences, problems."""
-    from playproof.server import admin, reports
-    from playproof.server.ingest import wall_clock_ms
-
-    async def build() -> Any:
-        policy = load_policy(config, rule or [])
-        async with admin.opened(db_url) as store:
-            views = await reports.devices(store, {}, wall_clock_ms(), policy)
-            return reports.device_table(views)
-
-    _print_table(run(build), as_csv)
-
-
-@catalog.command("import")
-def catalog_import(
-    file: Annotated[Path, typer.Argument(help="The catalog document (JSON).")],
-    replace: Annotated[
-        bool,
-        typer.Option("--replace", help="Make the catalog exactly the file, retiring the rest."),
-    ] = False,
-    db_url: DbOption = DEFAULT_URL,
-) -> None:
-    """Merge a catalog file into the catalog (or replace it); print each change.
-
-    Reference images the file names are read relative to it and kept. Importing
-    the same file twice changes nothing.
-    """
-    from playproof.catalog import parse_catalog
-    from playproof.server import admin, catalogs
-    from playproof.server.ingest import wall_clock_ms
-
-    try:
-        data = file.read_bytes()
-    except OSError as exc:
-        raise fail(f"cannot read {file}: {exc.strerror}") from None
-
-    async def go() -> tuple[list[Any], int]:
-        now = wall_clock_ms()
-        async with admin.opened(db_url) as store:
-            changes = await catalogs.import_catalog(store, data, replace, now)
-            added = await catalogs.import_references(
-                store, parse_catalog(data), file.resolve().parent, now
-            )
-            return changes, added
-
-    changes, added = run(go)
-    for change in changes:
-        print(f"{change.action}\t{change.kind}\t{change.id}")
-    err.print(f"{len(changes)} changes, {added} new reference images")
-
-
-@catalog.command("show")
-def catalog_show(db_url: DbOption = DEFAULT_URL) -> None:
-    """Print the catalog's active entries as one JSON document."""
-    from playproof.server import admin, catalogs
-
-    async def go() -> bytes:
-        async with admin.opened(db_url) as store:
-            return await catalogs.show(store)
-
-    print(json.dumps(json.loads(run(go)), indent=2))
-
-
 @app.command()
 def verify(
     db_url: DbOption = DEFAULT_URL,
@@ -711,8 +382,10 @@ def verify(
     ] = False,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
-    """Verify plays apart from the service (run `serve --no-verify`); several may share a
-    PostgreSQL store, screen by screen."""
+    """Verify plays apart from the service (`serve --no-verify`); several share PostgreSQL.
+
+    Several verifiers on one PostgreSQL store divide the work screen by screen.
+    """
     from playproof.server import admin
     from playproof.server.ingest import wall_clock_ms
     from playproof.server.verifier import Verifier
@@ -734,84 +407,6 @@ def verify(
     except KeyboardInterrupt:
         return
     err.print(f"decided {decided} plays")
-
-
-@rejects.command("replay")
-def rejects_replay(
-    reason: Annotated[str, typer.Option("--reason", help="Replay the rejects of this reason.")],
-    since: Annotated[
-        str, typer.Option("--since", help="Received since: RFC 3339, or a date (UTC midnight).")
-    ],
-    db_url: DbOption = DEFAULT_URL,
-    config: ConfigOption = None,
-    rule: RuleOption = None,
-) -> None:
-    """Judge rejected records again with today's code and rules (the day a bug is fixed).
-
-    Each is judged as it was when it arrived (its batch's times, the device's store);
-    the reject stays for audit, marked with what the record became. Safe to run twice.
-    """
-    from playproof.server import admin, params, replay
-    from playproof.server.ingest import wall_clock_ms
-
-    async def go() -> Any:
-        policy = load_policy(config, rule or [])
-        start = params.parse_time("--since", since)
-        async with admin.opened(db_url) as store:
-            return await replay.replay(store, reason, start, policy, wall_clock_ms())
-
-    counts = run(go)
-    for outcome, n in sorted(counts.items()):
-        print(f"{outcome}\t{n}")
-    err.print(f"replayed {sum(counts.values())} rejects of reason {reason!r}")
-
-
-@report.command("billing")
-def report_billing(
-    from_: Annotated[
-        str, typer.Option("--from", help="Start: RFC 3339, or a date (midnight in --tz).")
-    ],
-    to: Annotated[str, typer.Option("--to", help="End (excluded), as --from.")],
-    tz: TzOption = None,
-    supplier_id: Annotated[
-        str | None, typer.Option("--supplier-id", help="Only this supplier's lines.")
-    ] = None,
-    campaign_id: Annotated[
-        str | None, typer.Option("--campaign-id", help="Only this campaign's lines.")
-    ] = None,
-    as_csv: Annotated[
-        bool, typer.Option("--csv", help="Print the lines as CSV (billing.CSV_COLUMNS).")
-    ] = False,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print the document GET /v1/reports/billing answers.")
-    ] = False,
-    db_url: DbOption = DEFAULT_URL,
-    config: ConfigOption = None,
-    rule: RuleOption = None,
-) -> None:
-    """The billing statement of a period: lines, adjustments, totals, status and digest.
-
-    Final once its period has settled (then kept, and printed as kept ever after);
-    provisional before. Its clock is this machine's.
-    """
-    from playproof import cli_billing
-    from playproof.server import admin, statements
-    from playproof.server.ingest import wall_clock_ms
-
-    query = _query(from_=from_, to=to, tz=tz, supplier_id=supplier_id, campaign_id=campaign_id)
-
-    async def build() -> bytes:
-        policy = load_policy(config, rule or [])
-        async with admin.opened(db_url) as store:
-            return await statements.billing_statement(store, query, wall_clock_ms(), policy)
-
-    document = run(build)
-    if as_json:
-        print(document.decode())
-    elif as_csv:
-        print(cli_billing.statement_csv(json.loads(document)), end="")
-    else:
-        cli_billing.print_statement(json.loads(document))
 
 
 # --- buyer exports (cli_exports.py) ---------------------------------------------------
@@ -852,7 +447,7 @@ def _export(
 
 
 def _export_query(since_last: bool, export_id: int | None, **given: str | None) -> dict[str, str]:
-    query = _query(**given)
+    query = query_params(**given)
     if since_last:
         query["since"] = "last"
     if export_id is not None:
@@ -884,7 +479,9 @@ def export_dv360(
     Plays that started more than 3 days ago, or miss an external id, are listed apart
     (--skipped); a play is never sent twice.
     """
-    query = _export_query(since_last, export_id, from_=from_, to=to, seller_id=seller_id)
+    # A past export names its own seller (PLAYPROOF_DV360_SELLER_ID may be set regardless).
+    seller = None if export_id is not None else seller_id
+    query = _export_query(since_last, export_id, from_=from_, to=to, seller_id=seller)
     try:
         default = load_limits(config).dv360_seller_id
     except PlayproofError as exc:

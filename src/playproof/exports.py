@@ -18,7 +18,9 @@ the service streams it (`server/exports`).
   ago, one in the future, and one overlapping a play already filed on the same
   frame by more than 1.5 s: the frame id is the Playout slot.
 
-Reason codes (a refused play carries every one that applies, in this order):
+Reason codes (a refused play carries every one that applies, in this order; the
+ledger lists the plays of a history scan that are older than the window as
+`outside_window` alone, without rendering them):
 `future`, `outside_window`, `zero_length`, `unknown_store`,
 `missing_external_id:<key>`, `missing_name`, `invalid_external_id:<key>`,
 `too_long:<key>`, `padded:<key>`, `line_break:<key>`, then `duplicate` (DV360)

@@ -358,19 +358,33 @@ def _all_sealed(records: list[Record]) -> bool:
 
 def decode_batch(body: bytes) -> Batch:
     """Decode an HTTP batch body; raise EnvelopeError or TooLarge for the whole body."""
+    return _decode_batch(body, _fast_envelope_decoder, _envelope_decoder)
+
+
+def _decode_batch(
+    body: bytes,
+    # Decoders of _FastEnvelope / Envelope, or of their stream subclasses (with `id`).
+    fast: msgspec.json.Decoder[Any],
+    whole: msgspec.json.Decoder[Any],
+) -> Batch:
+    """One decoder for both transports: every record sealed and well-formed decodes in
+    one pass; otherwise the records stay raw and are decoded one by one, so that one bad
+    record spoils only itself."""
     try:
-        fast = _fast_envelope_decoder.decode(body)
+        quick = fast.decode(body)
     except _UNDECODABLE:
         pass
     else:
-        _check_size(len(fast.impressions))
-        if _all_sealed(fast.impressions):
-            check_id(fast.device_id, "device_id")
-            return Batch(fast.device_id, fast.sent_at, list(fast.impressions))
-    env = _decode_envelope(body, _envelope_decoder)
+        _check_size(len(quick.impressions))
+        if _all_sealed(quick.impressions):
+            check_id(quick.device_id, "device_id")
+            frame_id = getattr(quick, "id", None)
+            return Batch(quick.device_id, quick.sent_at, list(quick.impressions), frame_id)
+    env: Envelope = _decode_envelope(body, whole)
     check_id(env.device_id, "device_id")
     _check_size(len(env.impressions))
-    return Batch(env.device_id, env.sent_at, [_decode_item(r) for r in env.impressions])
+    items = [_decode_item(r) for r in env.impressions]
+    return Batch(env.device_id, env.sent_at, items, getattr(env, "id", None))
 
 
 def _decode_envelope(body: bytes, decoder: msgspec.json.Decoder[_E]) -> _E:
@@ -399,20 +413,7 @@ def frame_head(text: bytes | str) -> tuple[int | None, bool]:
 
 def decode_stream_batch(text: bytes) -> Batch:
     """Decode a stream frame carrying an envelope; raise EnvelopeError or TooLarge."""
-    try:
-        fast = _fast_stream_decoder.decode(text)
-    except _UNDECODABLE:
-        pass
-    else:
-        _check_size(len(fast.impressions))
-        if _all_sealed(fast.impressions):
-            check_id(fast.device_id, "device_id")
-            return Batch(fast.device_id, fast.sent_at, list(fast.impressions), fast.id)
-    env = _decode_envelope(text, _stream_decoder)
-    check_id(env.device_id, "device_id")
-    _check_size(len(env.impressions))
-    items = [_decode_item(r) for r in env.impressions]
-    return Batch(env.device_id, env.sent_at, items, env.id)
+    return _decode_batch(text, _fast_stream_decoder, _stream_decoder)
 
 
 def decode_status(body: bytes) -> Status:

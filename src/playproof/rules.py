@@ -78,6 +78,12 @@ class Policy(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     max_duration_ms: int = DURATION_CEILING_MS
     min_timestamp_ms: int = EARLIEST_TS_MS
     max_timestamp_ms: int = LATEST_TS_MS
+    # Open sequence gaps one journal may hold. Past it, a new gap is merged into the
+    # journal's last one and a gap is no longer split by an arrival inside it, so the
+    # work of a commit stays bounded whatever a device sends; the journal is then
+    # `suspect`: its ranges may hold sequences that did arrive (missing and lost
+    # counts are upper bounds).
+    max_open_gaps: int = 1000
 
     def __post_init__(self) -> None:
         """Refuse thresholds that make the rules meaningless."""
@@ -88,6 +94,8 @@ class Policy(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
                 f"max_duration_ms must be in 1..{DURATION_CEILING_MS} (24 h, what the "
                 f"rollups count of one play), got {self.max_duration_ms}"
             )
+        if self.max_open_gaps < 1:
+            raise ValueError(f"max_open_gaps must be at least 1, got {self.max_open_gaps}")
         if not self.min_timestamp_ms < self.max_timestamp_ms:
             raise ValueError(
                 f"need min_timestamp_ms < max_timestamp_ms, got "
@@ -273,11 +281,19 @@ class Gap(NamedTuple):
 
 
 class SequenceState(NamedTuple):
-    """Per (device, journal): the highest sequence seen, its end time, and the open gaps."""
+    """Per (device, journal): the highest sequence seen, its end time, and open gaps.
+
+    `gaps` may be only some of the journal's gaps (sorted by `first`): those the
+    arrivals at hand can fill, and its last one when a new gap may open.
+    `gap_count` counts all of them, loaded or not; `suspect` says that the cap
+    merged gaps, so that the ranges may hold sequences that did arrive.
+    """
 
     high_water: int
     high_water_ts: int
     gaps: tuple[Gap, ...]
+    gap_count: int = 0
+    suspect: bool = False
 
 
 class SequenceChange(NamedTuple):
@@ -297,31 +313,67 @@ def _split(gap: Gap, seq: int, ts: int) -> list[Gap]:
     return parts
 
 
-def _fill(gaps: list[Gap], seq: int, ts: int) -> tuple[Gap, list[Gap]] | None:
-    i = bisect_right(gaps, seq, key=lambda g: g.first) - 1
-    if i < 0 or gaps[i].last < seq:
-        return None
-    gap = gaps[i]
-    gaps[i : i + 1] = _split(gap, seq, ts)
-    return gap, gaps
+class _Gaps:
+    """A journal's loaded gaps being moved by arrivals, counting all of its gaps."""
+
+    def __init__(self, state: SequenceState, cap: int | None) -> None:
+        self.gaps = list(state.gaps)
+        self.count = max(state.gap_count, len(state.gaps))
+        self.cap = cap
+        self.merged = False
+
+    def _full(self) -> bool:
+        return self.cap is not None and self.count >= self.cap
+
+    def open(self, gap: Gap) -> None:
+        """A new gap above every other one, merged into the last one once at the cap."""
+        if self._full() and self.gaps:
+            last = self.gaps[-1]
+            self.gaps[-1] = Gap(last.first, gap.last, last.before_ts, gap.after_ts)
+            self.merged = True
+        else:
+            self.gaps.append(gap)
+            self.count += 1
+
+    def fill(self, seq: int, ts: int) -> None:
+        """An arrival at or below the high-water mark: the gap holding it shrinks or splits."""
+        i = bisect_right(self.gaps, seq, key=lambda g: g.first) - 1
+        if i < 0 or self.gaps[i].last < seq:
+            return
+        parts = _split(self.gaps[i], seq, ts)
+        if len(parts) == 2 and self._full():
+            self.merged = True  # kept whole: splitting it would pass the cap
+            return
+        self.gaps[i : i + 1] = parts
+        self.count += len(parts) - 1
 
 
-def advance(state: SequenceState, arrivals: list[tuple[int, int]]) -> SequenceChange:
-    """Apply arrivals `(seq, end_ts)`: raise the high-water mark, open and fill gaps."""
-    gaps = list(state.gaps)
-    before = set(state.gaps)
+def advance(
+    state: SequenceState, arrivals: list[tuple[int, int]], max_open_gaps: int | None = None
+) -> SequenceChange:
+    """Apply arrivals `(seq, end_ts)`: raise the high-water mark, open and fill gaps.
+
+    Exact for the gaps `state` holds, which must include every gap an arrival at
+    or below the high-water mark falls in, and the journal's last gap when the
+    cap may merge into it. With `max_open_gaps`, the journal never holds more
+    gaps than that (see `Policy.max_open_gaps`).
+    """
+    moved = _Gaps(state, max_open_gaps)
     hw, hw_ts = state.high_water, state.high_water_ts
     for seq, ts in sorted(arrivals):
         if seq > hw:
             if seq > hw + 1:
-                gaps.append(Gap(hw + 1, seq - 1, hw_ts if hw else ts, ts))
+                moved.open(Gap(hw + 1, seq - 1, hw_ts if hw else ts, ts))
             hw, hw_ts = seq, ts
         else:
-            _fill(gaps, seq, ts)
-    after = set(gaps)
+            moved.fill(seq, ts)
+    before, after = set(state.gaps), set(moved.gaps)
     closed = tuple(sorted(before - after))
     opened = tuple(sorted(after - before))
-    return SequenceChange(SequenceState(hw, hw_ts, tuple(gaps)), closed, opened)
+    # Once no gap is left, nothing is counted that arrived: the journal is exact again.
+    suspect = (state.suspect or moved.merged) and moved.count > 0
+    new = SequenceState(hw, hw_ts, tuple(moved.gaps), moved.count, suspect)
+    return SequenceChange(new, closed, opened)
 
 
 def is_lost(gap: Gap, now_ms: int, policy: Policy = DEFAULT_POLICY) -> bool:

@@ -44,3 +44,19 @@ def post_records(
     assert response.status_code == 200, response.text
     acks: list[dict[str, Any]] = response.json()["acks"]
     return acks
+
+
+def every_device(server: ServerProcess, operator: str, limit: int = 1000) -> list[dict[str, Any]]:
+    """Every device of GET /v1/devices, following `next_cursor` page after page."""
+    found: list[dict[str, Any]] = []
+    params: dict[str, Any] = {"limit": limit}
+    with client(server.url, operator) as http:
+        while True:
+            response = http.get("/v1/devices", params=params)
+            assert response.status_code == 200, response.text
+            page = response.json()
+            assert len(page["devices"]) <= limit
+            found.extend(page["devices"])
+            if page["next_cursor"] is None:
+                return found
+            params["cursor"] = page["next_cursor"]

@@ -15,7 +15,7 @@ import pytest
 
 from playproof.rules import HOUR_MS
 from playproof.server.formats import rfc3339
-from tests.server.reporting import operator_token, post_records, upload_png
+from tests.server.reporting import every_device, operator_token, post_records, upload_png
 from tests.support import IN_CI, ServerProcess, client, make_record, now_ms, png, provision
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -142,7 +142,7 @@ def test_the_page_shows_the_numbers_the_api_gives(page: Any, fleet: Fleet) -> No
         [r["campaign_id"], str(r["plays"]), str(r["valid"]), str(r["partial"])]
         for r in report["rows"]
     ]
-    devices = fleet.api("/v1/devices")["devices"]
+    devices = every_device(fleet.server, fleet.operator, limit=1)  # a page a device
     page.wait_for_selector(f"#devices tbody tr >> nth={len(devices) - 1}")
     ids = page.locator("#devices tbody tr").evaluate_all("rs => rs.map(r => r.dataset.device)")
     assert ids == [d["device_id"] for d in devices]

@@ -20,7 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from playproof.server.sequences import evicted_count, merged, outside
-from tests.server.reporting import operator_token, post_records
+from tests.server.reporting import every_device, operator_token, post_records
 from tests.support import ServerProcess, client, make_record, now_ms, provision
 
 SECOND_MS = 1000
@@ -28,12 +28,14 @@ LIMIT_MS = 20 * SECOND_MS
 # Sent this old, a record is accepted, and its gaps are lost a second later.
 NEARLY_STALE_MS = LIMIT_MS - SECOND_MS
 WAIT_S = 30.0  # a deadline for a condition, not a speed
+MAX_GAPS = 20  # open gaps a journal may hold: no other test comes near it
 _ids = count(1)
 
 
 @pytest.fixture(scope="module")
 def server(shared_db: str) -> Iterator[ServerProcess]:
-    with ServerProcess(shared_db, "--rule", f"offline_limit_ms={LIMIT_MS}") as proc:
+    rules = ("--rule", f"offline_limit_ms={LIMIT_MS}", "--rule", f"max_open_gaps={MAX_GAPS}")
+    with ServerProcess(shared_db, *rules) as proc:
         yield proc
 
 
@@ -77,10 +79,8 @@ class Screen:
 
     def listed(self) -> dict[str, Any]:
         """This device's row of GET /v1/devices."""
-        with client(self.server.url, self.operator) as http:
-            response = http.get("/v1/devices")
-        assert response.status_code == 200, response.text
-        [mine] = [d for d in response.json()["devices"] if d["device_id"] == self.device_id]
+        listed = every_device(self.server, self.operator)
+        [mine] = [d for d in listed if d["device_id"] == self.device_id]
         return mine
 
     def detail(self) -> dict[str, Any]:
@@ -181,3 +181,23 @@ def test_evicted_sequences_are_counted_once_per_journal_however_often_reported(
     distinct = {("j-1", s) for a, b in evicted for s in range(a, b + 1)}
     distinct |= {("j-2", s) for a, b in other for s in range(a, b + 1)}
     assert evicted_count(ranges) == len(distinct)
+
+
+def test_a_journal_past_the_gap_cap_is_suspect_and_its_gaps_stay_capped(screen: Screen) -> None:
+    """Every other sequence over many batches: the gaps merge at the cap, counts become bounds."""
+    for n in range(5):
+        screen.play([2 * (10 * n + i) + 1 for i in range(10)])  # 50 gaps uncapped
+    mine = screen.listed()
+    assert mine["open_gaps"] == MAX_GAPS and "suspect" in mine["problems"]
+    assert mine["suspect"] is True
+    [journal] = screen.detail()["journals"]
+    assert journal["suspect"] is True and len(journal["open_gaps"]) == MAX_GAPS
+    # An upper bound: the 49 missing sequences, and some that arrived, merged in.
+    assert journal["missing"] > 49
+
+
+def test_a_journal_under_the_gap_cap_is_not_suspect(screen: Screen) -> None:
+    screen.play([1, 3, 5])
+    mine = screen.listed()
+    assert mine["suspect"] is False and "suspect" not in mine["problems"]
+    assert screen.detail()["journals"][0]["suspect"] is False

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -185,6 +186,11 @@ def test_the_dv360_route_sends_batch_bodies_for_the_configured_or_given_seller(
     assert len(requests) == 7, "every verified play, scr-e2's too: DV360 needs no frame"
     assert {r["parent"] for r in requests} == {"sellers/42"}
     assert {r["adPlay"]["impressionCount"] for r in requests} == {0.125}
+    export_id = given.headers["x-playproof-export-id"]
+    nothing = get(server, ops, f"/v1/exports/{export_id}/skipped", format="ndjson")
+    assert (nothing.status_code, nothing.content) == (200, b""), "none listed apart"
+    empty = get(server, ops, f"/v1/exports/{export_id}/skipped").json()
+    assert empty == {"export_id": int(export_id), "skipped": []}
     fleet.send("scr-e1", 1)
     fleet.wait_verified(8)
     default = get(server, ops, "/v1/exports/dv360", since="last")
@@ -234,11 +240,30 @@ def test_the_cli_exports_what_the_service_has_not_and_writes_a_past_export_ident
     assert refused.returncode == 1 and "seller_id" in refused.stderr
 
 
-def playproof(*args: str) -> subprocess.CompletedProcess[str]:
+def test_the_cli_takes_the_dv360_seller_from_its_environment_but_not_for_a_past_export(
+    served: tuple[ServerProcess, str, Fleet],
+) -> None:
+    server, _, fleet = served
+    fleet.send("scr-e1", 1)
+    fleet.wait_verified(fleet.sent)
+    env = {"PLAYPROOF_DV360_SELLER_ID": "777"}
+    made = playproof("export", "dv360", "--since-last", "--db", server.db_url, env=env)
+    assert made.returncode == 0, made.stderr
+    requests = [r for line in made.stdout.splitlines() for r in json.loads(line)["requests"]]
+    assert requests and {r["parent"] for r in requests} == {"sellers/777"}
+    export_id = made.stderr.split()[1]
+    env = {"PLAYPROOF_DV360_SELLER_ID": "888"}
+    again = playproof("export", "dv360", "--id", export_id, "--db", server.db_url, env=env)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == made.stdout, "a past export is what it was"
+
+
+def playproof(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "playproof", *args],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
+        env={**os.environ, **(env or {})},
     )

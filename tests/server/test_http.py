@@ -391,6 +391,11 @@ def test_healthz_and_openapi_describe_every_http_route(server: ServerProcess) ->
         # The billing statement (tests/server/test_billing.py) and its page.
         "/v1/reports/billing",
         "/statement.html",
+        # The buyer exports (tests/server/test_exports.py).
+        "/v1/exports/dv360",
+        "/v1/exports/playout",
+        "/v1/exports/{export_id}",
+        "/v1/exports/{export_id}/skipped",
     }
     assert "checksum" in doc["components"]["schemas"]["Record"]["required"]
 
@@ -413,6 +418,40 @@ def test_a_405_names_every_method_the_path_takes_in_allow(server: ServerProcess)
     assert batch.headers["allow"] == "POST"
     assert catalog.status_code == 405
     assert set(catalog.headers["allow"].split(", ")) == {"GET", "HEAD", "PUT"}
+
+
+def test_the_rejects_page_refuses_a_format_other_than_json(server: ServerProcess) -> None:
+    """The document admits only `format=json` there; anything else is a 400, not JSON anyway."""
+    token = operator_token(server.db_url, f"ops-http-{next(_ids)}")
+    with client(server.url, token) as http:
+        csv = http.get("/v1/rejects", params={"format": "csv"})
+        empty = http.get("/v1/rejects", params={"format": ""})
+        json_page = http.get("/v1/rejects", params={"format": "json"})
+    assert (csv.status_code, empty.status_code, json_page.status_code) == (400, 400, 200)
+    assert "expected `format` json" in csv.json()["error"]
+
+
+def test_the_document_admits_only_what_the_service_accepts(server: ServerProcess) -> None:
+    """Parameters the service refuses are outside their schemas (issue 12, item 14)."""
+    with client(server.url) as http:
+        doc = http.get("/openapi.json").json()
+
+    def param(path: str, name: str) -> dict[str, object]:
+        found = [p for p in doc["paths"][path]["get"]["parameters"] if p["name"] == name]
+        return dict(found[0])
+
+    since = param("/v1/impressions", "from")["schema"]
+    assert isinstance(since, dict) and since["pattern"] == "^(19[7-9][0-9]|[2-9][0-9]{3})-"
+    seq = param("/v1/impressions/{device_id}/{journal_id}/{seq}/screenshot", "seq")["schema"]
+    assert seq == {"type": "integer", "minimum": 1, "maximum": 2**53 - 1}
+    for report in ("/v1/reports/delivery", "/v1/reports/verification", "/v1/reports/billing"):
+        assert param(report, "from")["required"] and param(report, "to")["required"]
+    zones = param("/v1/reports/delivery", "tz")["schema"]
+    assert isinstance(zones, dict) and {"UTC", "Europe/Paris"} <= set(zones["enum"])
+    # Content-Encoding describes the body: a parameter let `gzip` go with a plain body.
+    batch = doc["paths"]["/v1/impressions/batch"]["post"]
+    assert "parameters" not in batch
+    assert "Content-Encoding: gzip" in batch["requestBody"]["description"]
 
 
 def test_gaps_are_tracked_and_filled_by_late_records(

@@ -17,7 +17,7 @@ import pytest
 
 from playproof.rules import HOUR_MS, MINUTE_MS
 from playproof.server.formats import rfc3339
-from tests.server.reporting import operator_token, post_records, upload_png
+from tests.server.reporting import every_device, operator_token, post_records, upload_png
 from tests.support import ServerProcess, client, make_record, now_ms, png, provision
 
 _ids = count(1)
@@ -235,6 +235,9 @@ BAD = [
     ("/v1/rejects", {"reason": "late"}, "`reason`"),
     ("/v1/reports/rejects", {"group_by": "supplier_id"}, "group_by"),
     ("/v1/live", {"seconds": "99999"}, "`seconds`"),
+    ("/v1/devices", {"limit": "0"}, "`limit`"),
+    ("/v1/devices", {"limit": "1001"}, "`limit`"),
+    ("/v1/devices", {"cursor": "!!!"}, "`cursor`"),
     ("/v1/impressions/scr-1/j-1/zero/screenshot", {}, "sequence"),
 ]
 
@@ -294,7 +297,7 @@ def test_devices_report_health_with_problems_named(screen: Screen) -> None:
             "evicted_ranges": [[3, 4]],
         }
         assert http.post("/v1/devices/status", json=status).status_code == 204
-    devices = screen.get("/v1/devices").json()["devices"]
+    devices = every_device(screen.server, screen.operator)
     [mine] = [d for d in devices if d["device_id"] == screen.device_id]
     # The gap 2..6 less the evicted 3..4: those will never come, and are not missing.
     assert mine["high_water"] == 7 and mine["open_gaps"] == 2 and mine["missing"] == 3
@@ -353,3 +356,21 @@ def test_the_dashboard_page_and_its_assets_are_served(screen: Screen) -> None:
         "/*! https://github.com/leeoniya/uPlot"
     )
     assert script.status_code == 200
+
+
+def test_device_pages_hold_every_device_once_by_id_and_end_with_no_cursor(screen: Screen) -> None:
+    for n in range(3):
+        provision(screen.server.db_url, f"scr-page-{n}")
+    whole = every_device(screen.server, screen.operator)
+    ids = [d["device_id"] for d in whole]
+    assert ids == sorted(set(ids)) and len(ids) >= 4
+    assert [d["device_id"] for d in every_device(screen.server, screen.operator, 2)] == ids
+    first = screen.get("/v1/devices", limit=len(ids)).json()
+    assert [d["device_id"] for d in first["devices"]] == ids and first["next_cursor"]
+    assert screen.get("/v1/devices", cursor=first["next_cursor"]).json() == {
+        "devices": [],
+        "next_cursor": None,
+    }
+    # The export is still every device, whatever the page size.
+    table = screen.get("/v1/devices", format="csv").text.splitlines()[1:]
+    assert [line.split(",")[0] for line in table] == ids

@@ -290,6 +290,8 @@ async def _back_to_version_1(url: str) -> None:
         "DROP TABLE statements",
         "DROP TABLE export_plays",
         "DROP TABLE exports",
+        "ALTER TABLE journals DROP COLUMN gap_count",
+        "ALTER TABLE journals DROP COLUMN suspect",
     ]
     if url.startswith("sqlite"):
         import sqlite3

@@ -247,22 +247,22 @@ async def get_reject_counts(request: Request) -> Response:
 async def get_rejects(request: Request) -> Response:
     """GET /v1/rejects."""
     service = await _operator(request)
+    # A page of rejects is JSON only: another `format` is refused, as the document says,
+    # rather than answered as JSON the caller did not ask for.
+    chosen = request.query_params.get("format")
+    if chosen not in (None, "json"):
+        raise errors.ProtocolError(f"expected `format` json (or none), got {chosen[:40]!r}")
     return json_response(await reports.rejects_page(service.store, request.query_params))
 
 
 async def get_devices(request: Request) -> Response:
-    """GET /v1/devices: every device's health summary."""
+    """GET /v1/devices: a page of device health summaries, or every device as CSV / NDJSON."""
     service = await _operator(request)
-    views = await reports.devices(
-        service.store,
-        request.query_params,
-        service.clock(),
-        service.policy,
-        service.quota.refused(),
-    )
     kind = _kind(request)
+    wanted = (service.store, request.query_params, service.clock(), service.policy)
     if kind == "json":
-        return json_response({"devices": views})
+        return json_response(await reports.devices_page(*wanted, service.quota.refused()))
+    views = await reports.devices(*wanted, service.quota.refused())
     return table_response(reports.device_table(views), kind)
 
 

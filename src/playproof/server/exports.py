@@ -202,10 +202,11 @@ async def skipped_body(store: Store, export_id: int, kind: str) -> AsyncGenerato
     await find_export(store, export_id)
     chunks = ledger.skipped_rows(store, export_id)
     first = True
+    # Something is always sent first (NDJSON: nothing), so that the route can wait for it.
     if kind == "json":
         yield encode({"export_id": export_id})[:-1] + b',"skipped":['
-    elif kind == "csv":
-        yield csv_text(SKIPPED_FIELDS, []).encode()
+    else:
+        yield csv_text(SKIPPED_FIELDS, []).encode() if kind == "csv" else b""
     async with aclosing(chunks):
         async for rows in chunks:
             items = [skipped_values(row) for row in rows]

@@ -17,12 +17,14 @@ from playproof.protocol import Status, decode_status
 from playproof.rules import HOUR_MS, MINUTE_MS, Policy
 from playproof.server.admin import device_health
 from playproof.server.sequences import EvictedRanges, device_sequences, evicted_count
+from playproof.stores import fleet as fleet_queries
 from playproof.stores import queries
 from playproof.stores.base import DeviceInfo, JournalInfo, Store
 
 OFFLINE_AFTER_MS: Final = 5 * MINUTE_MS  # a device sends a status every minute
 DRIFT_PPM: Final = 100.0  # about 8.6 s a day
 RESTARTS_WINDOW_MS: Final = 24 * HOUR_MS
+FLEET_PAGE: Final = 1000  # devices read at once when every one is wanted
 PROBLEMS: Final = (
     "revoked",
     "offline",
@@ -31,6 +33,7 @@ PROBLEMS: Final = (
     "drifting",
     "gaps",
     "lost",
+    "suspect",
     "screenshot_quota",
 )
 
@@ -78,6 +81,8 @@ def _problems(summary: dict[str, Any], now: int, policy: Policy) -> list[str]:
         "drifting": drift is not None and abs(drift) > DRIFT_PPM,
         "gaps": summary["open_gaps"] > 0,
         "lost": summary["lost"] > 0,
+        # Gaps were merged past Policy.max_open_gaps: missing and lost are upper bounds.
+        "suspect": summary["suspect"],
         "screenshot_quota": summary["screenshots_refused"] > 0,
     }
     return [name for name in PROBLEMS if found[name]]
@@ -115,6 +120,7 @@ def summarize(
         "lost": seqs["lost"],
         "lost_ranges": sum(len(j["lost_ranges"]) for j in seqs["journals"]),
         "resets": seqs["resets"],
+        "suspect": seqs["suspect"],
         "restarts": restarts,
         "screenshots_refused": screenshots_refused,
     }
@@ -122,38 +128,54 @@ def summarize(
     return summary
 
 
+async def fleet_page(
+    store: Store,
+    now: int,
+    policy: Policy,
+    refused: Mapping[str, int] | None = None,
+    *,
+    after: str | None = None,
+    limit: int = FLEET_PAGE,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Up to `limit` devices' summaries, by id after `after`, and the id to resume after.
+
+    A page reads only its own devices (stores.fleet): its work is the page's, not
+    the fleet's. `refused`: screenshot uploads refused over quota today, per device.
+    """
+    refused = refused or {}
+    got = await fleet_queries.page(store, after, limit, now - RESTARTS_WINDOW_MS)
+    summaries = []
+    for d in got.devices:
+        evicted = got.evicted.get(d.device_id, ())
+        status = got.statuses.get(d.device_id)
+        # Distinct evicted sequences, not the sum of the statuses' counts: a status
+        # resent after a lost answer must not count its evictions twice.
+        seen = (
+            _Seen(status[0], decode_status(status[1].encode()), evicted_count(evicted))
+            if status
+            else None
+        )
+        journals = got.journals.get(d.device_id, [])
+        restarts = got.restarts.get(d.device_id, 0)
+        refusals = refused.get(d.device_id, 0)
+        summaries.append(
+            summarize(d, seen, journals, restarts, now, policy, refusals, evicted=evicted)
+        )
+    resume = got.devices[-1].device_id if len(got.devices) == limit else None
+    return summaries, resume
+
+
 async def fleet(
     store: Store, now: int, policy: Policy, refused: Mapping[str, int] | None = None
 ) -> list[dict[str, Any]]:
-    """Every registered device's summary, by id: a handful of queries, whatever the fleet.
-
-    `refused`: screenshot uploads refused over quota today, per device.
-    """
-    refused = refused or {}
-    evictions = await queries.evicted_ranges(store)
-    seen = {
-        # Distinct evicted sequences, not the sum of the statuses' counts: a status
-        # resent after a lost answer must not count its evictions twice.
-        device: _Seen(at, decode_status(payload.encode()), evicted_count(evictions.get(device, ())))
-        for device, at, payload, _ in await queries.statuses(store)
-    }
-    by_device: dict[str, list[JournalInfo]] = {}
-    for journal in await store.journals():
-        by_device.setdefault(journal.device_id, []).append(journal)
-    restarts = await queries.restarts_since(store, now - RESTARTS_WINDOW_MS)
-    return [
-        summarize(
-            d,
-            seen.get(d.device_id),
-            by_device.get(d.device_id, []),
-            restarts.get(d.device_id, 0),
-            now,
-            policy,
-            refused.get(d.device_id, 0),
-            evicted=evictions.get(d.device_id, ()),
-        )
-        for d in await store.list_devices()
-    ]
+    """Every registered device's summary, by id, read a page at a time (for exports)."""
+    summaries: list[dict[str, Any]] = []
+    after: str | None = None
+    while True:
+        found, after = await fleet_page(store, now, policy, refused, after=after)
+        summaries.extend(found)
+        if after is None:
+            return summaries
 
 
 async def device_detail(

@@ -73,12 +73,14 @@ BODY_ERRORS = {
         "send again after Retry-After"
     ),
 }
-GZIP_HEADER = {
-    "name": "Content-Encoding",
-    "in": "header",
-    "required": False,
-    "schema": {"type": "string", "enum": ["gzip", "identity"]},
-}
+# JSON Schema's `integer` admits 15000.0 too; the wire contract's integers have no fraction.
+INTEGERS = " Integers are written without a fraction (15000, not 15000.0)."
+# Content-Encoding describes the body, it is not a parameter of its own: documented as one,
+# it let clients send `gzip` over a plain body, which the service refuses with 400.
+GZIPPED = (
+    " The body may be gzip-compressed, sent with `Content-Encoding: gzip` (400 when it is "
+    "not gzip; 415 for any other encoding)."
+)
 
 
 def _paths() -> dict[str, Any]:
@@ -88,8 +90,11 @@ def _paths() -> dict[str, Any]:
                 "summary": "Upload a batch of impression records",
                 "operationId": "postBatch",
                 "security": [{"device": []}],
-                "parameters": [GZIP_HEADER],
-                "requestBody": {"required": True, "content": _json("BatchEnvelope")},
+                "requestBody": {
+                    "description": "The envelope (PROTOCOL.md section 3)." + INTEGERS + GZIPPED,
+                    "required": True,
+                    "content": _json("BatchEnvelope"),
+                },
                 "responses": {
                     "200": {
                         "description": "one ack per record, in order, after commit",
@@ -105,8 +110,11 @@ def _paths() -> dict[str, Any]:
                 "summary": "Report device health (not billed)",
                 "operationId": "postStatus",
                 "security": [{"device": []}],
-                "parameters": [GZIP_HEADER],
-                "requestBody": {"required": True, "content": _json("Status")},
+                "requestBody": {
+                    "description": "The device's health." + INTEGERS + GZIPPED,
+                    "required": True,
+                    "content": _json("Status"),
+                },
                 "responses": {"204": {"description": "stored"}, **AUTH_ERRORS, **BODY_ERRORS},
             }
         },
@@ -124,6 +132,8 @@ def _paths() -> dict[str, Any]:
                     }
                 ],
                 "requestBody": {
+                    "description": "The image, whose SHA-256 must be the path's (else 400)."
+                    + GZIPPED,
                     "required": True,
                     "content": {
                         "image/png": {"schema": {"type": "string", "format": "binary"}},

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Final
+import zoneinfo
+from typing import Any, Final, get_args
 
 import msgspec
 
-from playproof.server.reports import ImpressionOut
+from playproof.protocol import END_REASONS, MAX_INT, RejectReason
+from playproof.server.params import MAX_RANGE_DAYS
+from playproof.server.reports import REJECT_GROUPS, ImpressionOut
+from playproof.stores import queries
 from playproof.stores import verification_report as vr
 from playproof.stores.rollup import DIMENSIONS
 from playproof.stores.verdicts import DECIDED, PENDING
@@ -14,9 +18,15 @@ from playproof.verification import REASONS
 
 DIMENSION_PARAMS: Final = DIMENSIONS
 ID_SCHEMA: Final = {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,64}$"}
+# params.parse_time: a date or an RFC 3339 time with its offset, from 1970 on (a stored
+# time is never before the epoch). That `from` comes before `to`, and at most
+# MAX_RANGE_DAYS apart, no JSON Schema can say: the description does.
 TIME_SCHEMA: Final = {
     "type": "string",
-    "description": "RFC 3339 (2026-11-01T00:00:00Z), or a date meaning its midnight in `tz`",
+    "anyOf": [{"format": "date"}, {"format": "date-time"}],
+    "pattern": "^(19[7-9][0-9]|[2-9][0-9]{3})-",
+    "description": "RFC 3339 (2026-11-01T00:00:00Z), or a date meaning its midnight in `tz`; "
+    f"from 1970 on; `from` before `to`, at most {MAX_RANGE_DAYS} days apart",
 }
 
 
@@ -54,6 +64,7 @@ def _ref(name: str) -> dict[str, str]:
 
 
 OBJECT: Final = {"type": "object"}
+NDJSON_TYPE: Final = "application/x-ndjson"
 ERRORS: Final = {
     "400": _err("a parameter is not what it must be: the message says what was expected"),
     "401": _err("missing or unknown token"),
@@ -62,10 +73,36 @@ ERRORS: Final = {
     "503": _err("the store cannot answer now"),
 }
 TIME_PARAMS: Final = [_q("from", TIME_SCHEMA, "start (included)"), _q("to", TIME_SCHEMA, "end")]
+# The reports and statements count over a period, so they need both ends of it.
+PERIOD: Final = [{**p, "required": True} for p in TIME_PARAMS]
 FORMAT: Final = _q("format", {"type": "string", "enum": ["json", "csv", "ndjson"]}, "or Accept")
 LIMIT: Final = _q("limit", {"type": "integer", "minimum": 1, "maximum": 1000})
-CURSOR: Final = _q("cursor", {"type": "string"}, "`next_cursor` of the previous page")
-TZ: Final = _q("tz", {"type": "string"}, "UTC (default) or an IANA time zone name")
+# An export streams the whole selection: its `limit` is any count (reports.impression_query).
+EXPORT_LIMIT: Final = _q(
+    "limit",
+    {"type": "integer", "minimum": 1, "maximum": MAX_INT},
+    "at most 1000 for a JSON page; any count for a CSV or NDJSON export",
+)
+# Opaque: only a `next_cursor` the service gave for the same filters is accepted (else 400).
+CURSOR: Final = _q(
+    "cursor",
+    {"type": "string", "pattern": "^[A-Za-z0-9_-]+$"},
+    "`next_cursor` of the previous page",
+)
+# params.zone: the names the service's own time zone database knows, and UTC's spellings.
+ZONES: Final = sorted(zoneinfo.available_timezones() | {"UTC", "Z", "Etc/UTC"})
+TZ: Final = _q("tz", {"type": "string", "enum": ZONES}, "UTC (default) or an IANA time zone name")
+END_REASON: Final = _q("end_reason", {"type": "string", "enum": list(END_REASONS)})
+REJECT_REASON: Final = _q("reason", {"type": "string", "enum": list(get_args(RejectReason))})
+
+
+def _group_by(names: tuple[str, ...], description: str = "") -> dict[str, Any]:
+    """`group_by` as params.group_by reads it: comma-separated names, each at most once."""
+    schema = {"type": "array", "items": {"type": "string", "enum": list(names)}}
+    return _q("group_by", {**schema, "uniqueItems": True}, description) | {
+        "style": "form",
+        "explode": False,
+    }
 
 
 def _get(op_id: str, summary: str, params: list[dict[str, Any]], ok: dict[str, Any]) -> Any:
@@ -116,7 +153,7 @@ def paths() -> dict[str, Any]:
         [
             _path_param("device_id", ID_SCHEMA),
             _path_param("journal_id", ID_SCHEMA),
-            _path_param("seq", {"type": "integer", "minimum": 1}),
+            _path_param("seq", {"type": "integer", "minimum": 1, "maximum": MAX_INT}),
         ],
         {
             "description": "the image",
@@ -161,10 +198,10 @@ def paths() -> dict[str, Any]:
                 *dims,
                 _q("journal_id", ID_SCHEMA),
                 status,
-                _q("end_reason", {"type": "string"}),
+                END_REASON,
                 verification,
                 reason,
-                LIMIT,
+                EXPORT_LIMIT,
                 CURSOR,
                 FORMAT,
             ],
@@ -175,9 +212,9 @@ def paths() -> dict[str, Any]:
             "deliveryReport",
             "Valid and partial plays, played seconds, mean quality per group (billing)",
             [
-                *TIME_PARAMS,
+                *PERIOD,
                 TZ,
-                _q("group_by", {"type": "string"}, "comma-separated dimensions, hour, day"),
+                _group_by(queries.GROUPS, "dimensions, hour, day"),
                 *dims,
                 FORMAT,
             ],
@@ -188,9 +225,9 @@ def paths() -> dict[str, Any]:
             "Valid plays verified, failed and pending per group; with `reason`, failures by "
             "reason (a play failing for several reasons counts under each)",
             [
-                *TIME_PARAMS,
+                *PERIOD,
                 TZ,
-                _q("group_by", {"type": "string"}, "comma-separated: " + ", ".join(vr.GROUPS)),
+                _group_by(vr.GROUPS),
                 *(_q(n, ID_SCHEMA) for n in vr.DIMENSIONS),
                 FORMAT,
             ],
@@ -202,8 +239,8 @@ def paths() -> dict[str, Any]:
             [
                 *TIME_PARAMS,
                 TZ,
-                _q("group_by", {"type": "string"}),
-                _q("reason", {"type": "string"}),
+                _group_by(REJECT_GROUPS, "`reason` when absent"),
+                REJECT_REASON,
                 _q("device_id", ID_SCHEMA),
                 FORMAT,
             ],
@@ -214,7 +251,7 @@ def paths() -> dict[str, Any]:
             "Rejected records, newest first",
             [
                 *TIME_PARAMS,
-                _q("reason", {"type": "string"}),
+                REJECT_REASON,
                 _q("device_id", ID_SCHEMA),
                 LIMIT,
                 CURSOR,
@@ -223,7 +260,11 @@ def paths() -> dict[str, Any]:
             _json_ok("a page of rejects", OBJECT),
         ),
         "/v1/devices": _get(
-            "listDevices", "Every device's health summary", [FORMAT], _tabular("devices", OBJECT)
+            "listDevices",
+            "Device health summaries by id: a page as JSON (`limit`, `cursor`, `next_cursor`); "
+            "CSV and NDJSON export every device",
+            [FORMAT, LIMIT, CURSOR],
+            _tabular("devices", OBJECT),
         ),
         "/v1/devices/{device_id}": device,
         "/v1/live": _get(
@@ -236,6 +277,7 @@ def paths() -> dict[str, Any]:
             _json_ok("the series", OBJECT),
         ),
         **_billing_paths(),
+        **_export_paths(),
     }
 
 
@@ -247,7 +289,7 @@ def _billing_paths() -> dict[str, Any]:
         "from the catalog; provisional until the period settles, then final, kept and "
         "answered byte for byte; corrections arrive as adjustments on the next statement",
         [
-            *({**p, "required": True} for p in TIME_PARAMS),
+            *PERIOD,
             TZ,
             _q("supplier_id", ID_SCHEMA),
             _q("campaign_id", ID_SCHEMA),
@@ -269,6 +311,49 @@ def _billing_paths() -> dict[str, Any]:
         }
     }
     return {"/v1/reports/billing": billing, "/statement.html": page}
+
+
+EXPORT_ID: Final = {"type": "integer", "minimum": 1, "maximum": MAX_INT}
+SELLER_ID: Final = {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"}
+
+
+def _export_paths() -> dict[str, Any]:
+    """The buyer exports (server/exports.py): a new one is recorded before its first byte.
+
+    An export request takes one of `since=last`, `from`/`to` or `export_id` (alone), and a
+    DV360 one a seller: what JSON Schema cannot say, the words do, and the service's 400.
+    """
+    which = [
+        _q("since", {"type": "string", "enum": ["last"]}, "every play not yet exported"),
+        *TIME_PARAMS,
+        _q("export_id", EXPORT_ID, "a past export again (nothing else may be given)"),
+    ]
+    not_found = {"404": _err("no such export, or one of the other buyer")}
+    body = "the file; its id in X-Playproof-Export-Id, its counts in X-Playproof-Export-Plays "
+    body += "and X-Playproof-Export-Skipped"
+    files = {
+        "dv360": ("exportDv360", "DV360 ad plays: batchCreate bodies, one a line", NDJSON_TYPE),
+        "playout": ("exportPlayout", "A UK Playout digital CSV file", "text/csv"),
+    }
+    found: dict[str, Any] = {}
+    for buyer, (op_id, summary, media) in files.items():
+        seller = [_q("seller_id", SELLER_ID, "sellers/<id> (default: dv360_seller_id)")]
+        seller = seller if buyer == "dv360" else []
+        ok = {"description": body, "content": {media: {"schema": {"type": "string"}}}}
+        found[f"/v1/exports/{buyer}"] = _get(op_id, summary, [*which, *seller], ok)
+    export_id = _path_param("export_id", EXPORT_ID)
+    found["/v1/exports/{export_id}"] = _get(
+        "getExport", "What an export was asked and holds", [export_id], _json_ok("it", OBJECT)
+    )
+    found["/v1/exports/{export_id}/skipped"] = _get(
+        "getExportSkipped",
+        "The plays an export listed apart, with their reasons",
+        [export_id, FORMAT],
+        _tabular("the plays", OBJECT),
+    )
+    for path in found.values():
+        path["get"]["responses"].update(not_found)
+    return found
 
 
 def schemas() -> dict[str, Any]:

@@ -372,6 +372,30 @@ def _device_view(summary: dict[str, Any]) -> dict[str, Any]:
     return view
 
 
+DEVICE_PARAMS: Final = ("format", "limit", "cursor")
+
+
+async def devices_page(
+    store: Store,
+    query: Query,
+    now: int,
+    policy: Policy,
+    refused: Mapping[str, int] | None = None,
+) -> dict[str, Any]:
+    """A page of device health summaries by id (`limit`, `cursor`), and the next cursor.
+
+    `refused`: the running service's screenshot refusals today, per device.
+    """
+    params = Params(query, DEVICE_PARAMS)
+    fingerprint = digest(["devices"])
+    cursor = params.get("cursor")
+    after = decode_cursor(cursor, fingerprint, (str,))[0] if cursor is not None else None
+    limit = params.limit(PAGE_DEFAULT, PAGE_MAX)
+    found, resume = await health.fleet_page(store, now, policy, refused, after=after, limit=limit)
+    following = encode_cursor([resume], fingerprint) if resume is not None else None
+    return {"devices": [_device_view(s) for s in found], "next_cursor": following}
+
+
 async def devices(
     store: Store,
     query: Query,
@@ -379,11 +403,11 @@ async def devices(
     policy: Policy,
     refused: Mapping[str, int] | None = None,
 ) -> list[dict[str, Any]]:
-    """Every device's health summary, by id (no parameters but `format`).
+    """Every device's health summary, by id: the CSV and NDJSON exports, which page nothing.
 
     `refused`: the running service's screenshot refusals today, per device.
     """
-    Params(query, ("format",))
+    Params(query, DEVICE_PARAMS)
     return [_device_view(s) for s in await health.fleet(store, now, policy, refused)]
 
 

@@ -68,7 +68,8 @@ def journal_health(
     """One journal's high-water mark, open gaps and lost ranges as plain values.
 
     `evicted`: the journal's ranges the device reported evicted (merged, sorted),
-    taken out of its gaps.
+    taken out of its gaps. A `suspect` journal had gaps merged past the cap
+    (Policy.max_open_gaps): its `missing` and `lost` are upper bounds.
     """
     open_gaps: list[list[int]] = []
     lost: list[list[int]] = []
@@ -80,6 +81,7 @@ def journal_health(
         "high_water": journal.high_water,
         "first_seen": journal.first_seen,
         "last_seen": journal.last_seen,
+        "suspect": journal.suspect,
         "open_gaps": open_gaps,
         "lost_ranges": lost,
         "missing": sum(last - first + 1 for first, last in open_gaps),
@@ -107,4 +109,5 @@ def device_sequences(
         "high_water": views[-1]["high_water"] if views else 0,
         "open_gaps": sum(len(v["open_gaps"]) for v in views),
         "lost": sum(v["lost"] for v in views),
+        "suspect": any(v["suspect"] for v in views),
     }

@@ -48,6 +48,8 @@ class Service:
     verify: bool = True
 
     def __post_init__(self) -> None:
+        # The store applies the cap on open gaps as it commits: it is policy, held here.
+        self.store.max_open_gaps = self.policy.max_open_gaps
         self.metrics = Metrics()
         self.auth = Authenticator(self.store)
         self.operator_auth = OperatorAuth(self.store)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable
 from typing import Final
 
@@ -38,8 +37,6 @@ log = logging.getLogger(__name__)
 
 IDLE_S: Final = 0.5
 SCREENS_PER_TURN: Final = 500
-# References can be added without a catalog change; read them again this often.
-REFERENCES_EVERY_S: Final = 5.0
 
 
 class Verifier:
@@ -60,7 +57,7 @@ class Verifier:
         self._metrics = metrics
         self._state: CatalogState | None = None
         self._booked: Booked | None = None
-        self._refs_at = 0.0
+        self._version = (0, 0)
         self._reload = False
         self._task: asyncio.Task[None] | None = None
 
@@ -107,17 +104,15 @@ class Verifier:
         return total
 
     async def _refresh(self, now: int) -> None:
-        version = await vq.catalog_version(self._store)
-        stale_refs = time.monotonic() - self._refs_at > REFERENCES_EVERY_S
-        fresh = self._state is not None and self._state.version == version
-        if fresh and not stale_refs and not self._reload:
+        version = await vq.booking_version(self._store)
+        if self._state is not None and self._version == version and not self._reload:
             return
         self._reload = False
         state = await self._store.load_catalog()
         references = await vq.references(self._store)
         self._state = state
         self._booked = Booked(index(state.catalog), state.retired, references)
-        self._refs_at = time.monotonic()
+        self._version = version
 
     async def _screen(self, device_id: str, watermark: int, now: int) -> int:
         assert self._booked is not None and self._state is not None

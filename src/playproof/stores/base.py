@@ -119,6 +119,9 @@ class JournalInfo(NamedTuple):
     first_seen: int
     last_seen: int
     gaps: tuple[Gap, ...]
+    # The cap on open gaps merged some (Policy.max_open_gaps): the gaps may hold
+    # sequences that did arrive.
+    suspect: bool = False
 
 
 class RejectInfo(NamedTuple):
@@ -181,6 +184,8 @@ class Store(Protocol):
     blobs: BlobStore
     # How many group commits may run at once: 1 for SQLite's single writer.
     commit_lanes: int
+    # Policy.max_open_gaps, which the service sets: the most open gaps of one journal.
+    max_open_gaps: int
 
     async def open(self) -> None:
         """Connect, and bring the schema up to date."""
@@ -438,9 +443,35 @@ def empty_state() -> SequenceState:
 def sequence_changes(
     arrivals: Mapping[JournalKey, list[tuple[int, int]]],
     states: Mapping[JournalKey, SequenceState],
+    max_open_gaps: int | None = None,
 ) -> dict[JournalKey, SequenceChange]:
     """Per journal, how the arrivals of a commit move its sequence state."""
-    return {key: advance(states.get(key, empty_state()), seqs) for key, seqs in arrivals.items()}
+    return {
+        key: advance(states.get(key, empty_state()), seqs, max_open_gaps)
+        for key, seqs in arrivals.items()
+    }
+
+
+class GapWindow(NamedTuple):
+    """The gaps of a journal a commit must load: never all of them.
+
+    Those overlapping `low..high` (the span of the arrivals at or below the
+    high-water mark; None when there are none), and the journal's last gap
+    when an arrival may open a new one (the cap merges into it).
+    """
+
+    low: int | None
+    high: int | None
+    last: bool
+
+
+def gap_window(seqs: Sequence[int], state: SequenceState) -> GapWindow:
+    """Which of a journal's gaps the arrivals `seqs` may fill or extend."""
+    below = [s for s in seqs if s <= state.high_water]
+    opens = any(s > state.high_water + 1 for s in seqs)
+    if not below:
+        return GapWindow(None, None, opens)
+    return GapWindow(min(below), max(below), opens)
 
 
 def needs_lookup(seqs: Sequence[int], state: SequenceState | None) -> list[int]:

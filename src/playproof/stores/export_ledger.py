@@ -4,17 +4,23 @@ An export is made in one transaction, under its buyer's lock (SQLite's single
 writer; a PostgreSQL advisory lock per buyer), so that two exports for one
 buyer never take the same play:
 
-1. the buyer's candidates (verified plays not settled for it, in the asked
-   range) are copied into a temporary table, in one statement, one snapshot;
+1. the buyer's candidates are copied into a temporary table, in one statement,
+   one snapshot. An incremental export (`since=last`) after a first one takes
+   what is new since the previous: the plays the verification log shows
+   verified after the log id that one recorded (up to the last id now,
+   `Watermark`), and those it or a later export listed apart for a reason that
+   can lift. Any other export reads every verified play not settled for the
+   buyer (in the range), and lists apart at once those older than its window;
 2. for Playout, the plays already filed on the candidates' frames around their
    times are loaded, so that a new play overlapping one of them is refused;
 3. the candidates are read back in export order, a page at a time, decided by
    `playproof.exports.Classifier` and written to `export_plays` with their records.
 
 The steps are written once, here, as a plan: a generator that yields what to
-run (`Read`, `Probe`, `Execute`, `Insert`, `LoadCatalog`) and receives the answers. Each
-store runs a plan with its own driver (`sqlite_exports`, `postgres_exports`),
-so the stores cannot decide differently. Memory stays bounded by a page.
+run (`Read`, `Probe`, `Execute`, `Insert`, `LoadCatalog`, `Watermark`) and
+receives the answers. Each store runs a plan with its own driver
+(`sqlite_exports`, `postgres_exports`), so the stores cannot decide
+differently. Memory stays bounded by a page (and the buyer's window).
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ from playproof.errors import (
     StoreUnavailable,
 )
 from playproof.protocol import Ack, Status, decode_status, encode
-from playproof.rules import Gap
+from playproof.rules import DEFAULT_POLICY, Gap
 from playproof.stores import migrations, postgres_billing, postgres_commit, postgres_exports
 from playproof.stores import postgres_sql as q
 from playproof.stores import postgres_verdicts as verdicts
@@ -147,6 +147,7 @@ class PostgresStore:
 
     commit_lanes: int = COMMIT_LANES
     dialect = "postgres"
+    max_open_gaps = DEFAULT_POLICY.max_open_gaps
 
     def __init__(self, url: str, blob_dir: Path | None = None, pool_max: int = POOL_MAX) -> None:
         try:
@@ -261,7 +262,7 @@ class PostgresStore:
             async with self._connection("commit impressions") as conn:
                 for attempt in itertools.count(1):
                     try:
-                        return await postgres_commit.commit(conn, writes)
+                        return await postgres_commit.commit(conn, writes, self.max_open_gaps)
                     except psycopg.Error as exc:
                         # Rolled back (a deadlock, or a key stored by a writer that did not
                         # hold its journal's lock): redo it all; the lookup now sees that key.
@@ -352,8 +353,8 @@ class PostgresStore:
         """Sequence state per (device, journal), with open gaps."""
         rows = await self._fetch("read sequence state", q.SELECT_JOURNALS, {"device": device_id})
         return [
-            JournalInfo(device, journal, high, first, last, tuple(Gap(*g) for g in gaps))
-            for device, journal, high, first, last, gaps in rows
+            JournalInfo(device, journal, high, first, last, tuple(Gap(*g) for g in gaps), sus)
+            for device, journal, high, first, last, sus, gaps in rows
         ]
 
     async def gap_count(self) -> int:

@@ -31,6 +31,7 @@ from playproof.stores.base import (
     BatchWrite,
     JournalKey,
     Key,
+    gap_window,
     needs_lookup,
     sequence_changes,
     tracked_keys,
@@ -55,7 +56,9 @@ def start_times(writes: Sequence[BatchWrite]) -> list[int]:
     ]
 
 
-async def commit(conn: AsyncConnection, writes: Sequence[BatchWrite]) -> list[list[Ack]]:
+async def commit(
+    conn: AsyncConnection, writes: Sequence[BatchWrite], max_open_gaps: int
+) -> list[list[Ack]]:
     """Commit a group of batches in one transaction on `conn`; return each batch's acks.
 
     BEGIN travels with the journal locks and COMMIT with the last writes, in
@@ -71,7 +74,8 @@ async def commit(conn: AsyncConnection, writes: Sequence[BatchWrite]) -> list[li
         await _copy_impressions(conn, plan.impressions)
         async with conn.pipeline():
             await _write_rejects(conn, plan.rejects)
-            await _write_sequences(conn, sequence_changes(plan.arrivals, states), now)
+            changes = sequence_changes(plan.arrivals, states, max_open_gaps)
+            await _write_sequences(conn, changes, now)
             await _write_rollups(conn, rollups)
             await conn.execute("COMMIT")
     except BaseException:
@@ -97,7 +101,10 @@ async def _begin_and_lock(
         params = {"now": now, "devices": [d for d, _ in keys], "journals": [j for _, j in keys]}
         cur = await conn.execute(q.LOCK_JOURNALS, params)
     # A journal just created holds (0, 0): exactly the state of one never seen.
-    return {(d, j): SequenceState(hw, hw_ts, ()) for d, j, hw, hw_ts in await cur.fetchall()}
+    return {
+        (d, j): SequenceState(hw, hw_ts, (), count, suspect)
+        for d, j, hw, hw_ts, count, suspect in await cur.fetchall()
+    }
 
 
 async def _lookup(
@@ -105,19 +112,23 @@ async def _lookup(
     keys: dict[JournalKey, list[int]],
     states: dict[JournalKey, SequenceState],
 ) -> dict[Key, str]:
-    """Stored checksums of the sequences that may be stored; gaps into `states`."""
+    """Stored checksums of the sequences that may be stored; the gaps arrivals reach into
+    `states` (never all of a journal's: stores.base.gap_window)."""
     wanted = {k: needs_lookup(seqs, states[k]) for k, seqs in keys.items()}
-    wanted = {k: seqs for k, seqs in wanted.items() if seqs}
-    if not wanted:
-        return {}
     flat = [(d, j, s) for (d, j), seqs in wanted.items() for s in seqs]
+    windows = [(*k, *gap_window(seqs, states[k])) for k, seqs in keys.items()]
+    windows = [w for w in windows if w[2] is not None or w[4]]
+    if not flat and not windows:
+        return {}
     async with conn.pipeline():
-        gaps = await conn.execute(q.SELECT_GAPS, _columns(list(wanted), 2))
-        sums = await conn.execute(q.SELECT_CHECKSUMS, _columns(flat, 3))
-    for d, j, *gap in await gaps.fetchall():
-        state = states[(d, j)]
-        states[(d, j)] = state._replace(gaps=(*state.gaps, Gap(*gap)))
-    return {(d, j, s): checksum for d, j, s, checksum in await sums.fetchall()}
+        gaps = await conn.execute(q.SELECT_GAPS, _columns(windows, 5)) if windows else None
+        sums = await conn.execute(q.SELECT_CHECKSUMS, _columns(flat, 3)) if flat else None
+    found: dict[JournalKey, set[Gap]] = {}
+    for d, j, *gap in await gaps.fetchall() if gaps else ():
+        found.setdefault((d, j), set()).add(Gap(*gap))
+    for key, loaded in found.items():
+        states[key] = states[key]._replace(gaps=tuple(sorted(loaded)))
+    return {(d, j, s): checksum for d, j, s, checksum in await sums.fetchall()} if sums else {}
 
 
 async def _copy_impressions(conn: AsyncConnection, rows: list[tuple[Any, ...]]) -> None:
@@ -197,8 +208,11 @@ async def _write_sequences(
     if opened:
         await conn.execute(q.INSERT_GAPS, _columns(opened, 6))
     if changes:
-        states = [(*key, c.state.high_water, c.state.high_water_ts) for key, c in changes.items()]
-        await conn.execute(q.UPDATE_JOURNALS, (now, *_columns(states, 4)))
+        states = [
+            (*key, c.state.high_water, c.state.high_water_ts, c.state.gap_count, c.state.suspect)
+            for key, c in changes.items()
+        ]
+        await conn.execute(q.UPDATE_JOURNALS, (now, *_columns(states, 6)))
 
 
 _UPSERT_ROLLUP = {rollup: postgres_upsert(rollup) for rollup in ROLLUPS}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from playproof.stores.base import IMPRESSION_COLUMNS, REJECT_COLUMNS
+from playproof.stores.base import IMPRESSION_COLUMNS, REJECT_COLUMNS, RejectInfo
 
 # PostgreSQL type of every impression column, for the binary COPY.
 IMPRESSION_TYPES: Final[dict[str, str]] = {
@@ -49,13 +49,24 @@ LOCK_JOURNALS: Final = (
     "FROM unnest(%(devices)s::text[], %(journals)s::text[]) WITH ORDINALITY AS t(d, jn, n) "
     "ORDER BY n "
     "ON CONFLICT (device_id, journal_id) DO UPDATE SET last_seen = excluded.last_seen "
-    "RETURNING device_id, journal_id, high_water, high_water_ts"
+    "RETURNING device_id, journal_id, high_water, high_water_ts, gap_count, suspect"
 )
+# Per journal, only the gaps its arrivals can fill or extend (stores.base.gap_window):
+# those overlapping lo..hi (NULL when no arrival is at or below the high-water mark),
+# from the last one starting at or below lo (gaps never overlap) along the primary key,
+# and the journal's last gap when `last`.
 SELECT_GAPS: Final = (
-    "SELECT g.device_id, g.journal_id, g.first_seq, g.last_seq, g.before_ts, g.after_ts "
-    "FROM unnest(%s::text[], %s::text[]) AS q(d, jn) "
-    "JOIN gaps g ON g.device_id = q.d AND g.journal_id = q.jn "
-    "ORDER BY g.device_id, g.journal_id, g.first_seq"
+    "SELECT q.d, q.jn, g.first_seq, g.last_seq, g.before_ts, g.after_ts "
+    "FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::boolean[]) "
+    "AS q(d, jn, lo, hi, last) "
+    "CROSS JOIN LATERAL ("
+    "SELECT * FROM gaps g WHERE g.device_id = q.d AND g.journal_id = q.jn "
+    "AND g.first_seq BETWEEN COALESCE((SELECT max(p.first_seq) FROM gaps p "
+    "WHERE p.device_id = q.d AND p.journal_id = q.jn AND p.first_seq <= q.lo), q.lo) "
+    "AND q.hi AND g.last_seq >= q.lo "
+    "UNION SELECT * FROM (SELECT * FROM gaps l WHERE q.last AND l.device_id = q.d "
+    "AND l.journal_id = q.jn ORDER BY l.first_seq DESC LIMIT 1) AS lg"
+    ") AS g"
 )
 SELECT_CHECKSUMS: Final = (
     "SELECT k.device_id, k.journal_id, k.seq, k.checksum "
@@ -72,8 +83,10 @@ INSERT_GAPS: Final = (
     "%s::bigint[], %s::bigint[])"
 )
 UPDATE_JOURNALS: Final = (
-    "UPDATE journals j SET high_water = q.h, high_water_ts = q.t, last_seen = %s "
-    "FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[]) AS q(d, jn, h, t) "
+    "UPDATE journals j SET high_water = q.h, high_water_ts = q.t, gap_count = q.c, "
+    "suspect = q.s, last_seen = %s "
+    "FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::bigint[], "
+    "%s::boolean[]) AS q(d, jn, h, t, c, s) "
     "WHERE j.device_id = q.d AND j.journal_id = q.jn"
 )
 
@@ -137,7 +150,7 @@ INSERT_SCREENSHOT: Final = (
 
 # Journals with their gaps in one statement, so that both come from one snapshot.
 SELECT_JOURNALS: Final = (
-    "SELECT j.device_id, j.journal_id, j.high_water, j.first_seen, j.last_seen, "
+    "SELECT j.device_id, j.journal_id, j.high_water, j.first_seen, j.last_seen, j.suspect, "
     "COALESCE((SELECT array_agg(ARRAY[g.first_seq, g.last_seq, g.before_ts, g.after_ts] "
     "ORDER BY g.first_seq) FROM gaps g "
     "WHERE g.device_id = j.device_id AND g.journal_id = j.journal_id), '{}') "
@@ -145,8 +158,7 @@ SELECT_JOURNALS: Final = (
     "ORDER BY j.device_id, j.first_seen, j.journal_id"
 )
 SELECT_REJECTS: Final = (
-    "SELECT id, submitted_by, device_id, journal_id, seq, checksum, reason, detail, raw, "
-    "sent_at, received_at, times FROM rejects "
+    f"SELECT {', '.join(RejectInfo._fields)} FROM rejects "
     "WHERE (%(device)s::text IS NULL OR submitted_by = %(device)s) "
     "AND (%(reason)s::text IS NULL OR reason = %(reason)s) "
     "ORDER BY id DESC LIMIT %(limit)s"

@@ -15,7 +15,7 @@ from itertools import pairwise
 from typing import Any, Final, NamedTuple
 
 from playproof.rules import DURATION_CEILING_MS, HOUR_MS
-from playproof.stores.base import Reader, Store
+from playproof.stores.base import Reader, RejectInfo, Store
 from playproof.stores.rollup import DIMENSIONS, ROLLUPS, Rollup
 from playproof.stores.timezones import Pieces, offset_pieces
 
@@ -70,20 +70,8 @@ IMPRESSION_FILTERS: Final = (
 # `,reasons,` contains `,reason,`: a whole reason, never part of another. `_` is a LIKE
 # wildcard, so it is escaped (with `!`: backslashes read differently in the dialects).
 REASON_MATCH: Final = "(',' || verification_reasons || ',') LIKE {} ESCAPE '!'"
-REJECT_COLUMNS: Final = (
-    "id",
-    "submitted_by",
-    "device_id",
-    "journal_id",
-    "seq",
-    "checksum",
-    "reason",
-    "detail",
-    "raw",
-    "sent_at",
-    "received_at",
-    "times",
-)
+# A reject as operators read it: RejectInfo's fields (what the store wrote, plus id and times).
+REJECT_COLUMNS: Final = RejectInfo._fields
 
 Filters = tuple[tuple[str, str], ...]
 

@@ -27,6 +27,7 @@ from playproof.errors import (
     StoreUnavailable,
 )
 from playproof.protocol import Ack, Status
+from playproof.rules import DEFAULT_POLICY
 from playproof.stores import migrations, sqlite_billing, sqlite_exports
 from playproof.stores import sqlite_rows as rows
 from playproof.stores import sqlite_verdicts as verdicts
@@ -66,6 +67,7 @@ class SqliteStore:
 
     commit_lanes = 1
     dialect = "sqlite"
+    max_open_gaps = DEFAULT_POLICY.max_open_gaps
 
     def __init__(
         self, path: Path, blob_dir: Path | None = None, wal_limit_bytes: int = WAL_LIMIT_BYTES
@@ -190,7 +192,9 @@ class SqliteStore:
 
     async def commit(self, writes: Sequence[BatchWrite]) -> list[list[Ack]]:
         """Commit every batch in one transaction and return their acks."""
-        return await self._write("commit impressions", lambda c: rows.commit(c, writes))
+        return await self._write(
+            "commit impressions", lambda c: rows.commit(c, writes, self.max_open_gaps)
+        )
 
     # --- devices ------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from playproof.stores.base import (
     Key,
     RejectInfo,
     StatusInfo,
+    gap_window,
     needs_lookup,
     sequence_changes,
     status_info,
@@ -39,11 +40,22 @@ _UPSERT_REJECT = BulkInsert(
     "DO UPDATE SET times = times + 1, received_at = excluded.received_at",
 )
 _UPSERT_JOURNAL = (
-    "INSERT INTO journals (device_id, journal_id, high_water, high_water_ts, first_seen, "
-    "last_seen) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, journal_id) DO UPDATE SET "
+    "INSERT INTO journals (device_id, journal_id, high_water, high_water_ts, gap_count, "
+    "suspect, first_seen, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (device_id, journal_id) DO UPDATE SET "
     "high_water = excluded.high_water, high_water_ts = excluded.high_water_ts, "
-    "last_seen = excluded.last_seen"
+    "gap_count = excluded.gap_count, suspect = excluded.suspect, last_seen = excluded.last_seen"
 )
+_GAP = "SELECT first_seq, last_seq, before_ts, after_ts FROM gaps"
+_JOURNAL_GAPS = " WHERE device_id = ? AND journal_id = ?"
+# The gaps overlapping low..high: from the last one starting at or below `low` (gaps
+# never overlap, so it is the only earlier one that may reach `low`) up to `high`,
+# along the primary key.
+_GAPS_IN = (
+    f"{_GAP}{_JOURNAL_GAPS} AND first_seq BETWEEN COALESCE((SELECT max(first_seq) FROM gaps"
+    f"{_JOURNAL_GAPS} AND first_seq <= ?), ?) AND ? AND last_seq >= ?"
+)
+_LAST_GAP = f"{_GAP}{_JOURNAL_GAPS} ORDER BY first_seq DESC LIMIT 1"
 _EXISTING = (
     "SELECT seq, checksum FROM impressions WHERE device_id = ? AND journal_id = ? "
     "AND seq IN (SELECT value FROM json_each(?))"
@@ -67,23 +79,29 @@ def credential(conn: sqlite3.Connection, token_hash: str) -> Credential | None:
     return Credential(DeviceInfo(*row[:4]), row[4]) if row else None
 
 
-def _load_state(conn: sqlite3.Connection, key: JournalKey, low: int) -> SequenceState | None:
+def _load_state(conn: sqlite3.Connection, key: JournalKey, seqs: list[int]) -> SequenceState | None:
+    """A journal's state with only the gaps these arrivals can fill or extend."""
     row = conn.execute(
-        "SELECT high_water, high_water_ts FROM journals WHERE device_id = ? AND journal_id = ?",
+        "SELECT high_water, high_water_ts, gap_count, suspect FROM journals "
+        "WHERE device_id = ? AND journal_id = ?",
         key,
     ).fetchone()
     if row is None:
         return None
-    gaps: tuple[Gap, ...] = ()
-    if low <= row[0]:
-        gaps = tuple(_gaps(conn, key))
-    return SequenceState(row[0], row[1], gaps)
+    state = SequenceState(row[0], row[1], (), row[2], bool(row[3]))
+    window = gap_window(seqs, state)
+    found: set[Gap] = set()
+    if window.low is not None:
+        params = (*key, *key, window.low, window.low, window.high, window.low)
+        found.update(Gap(*r) for r in conn.execute(_GAPS_IN, params))
+    if window.last:
+        found.update(Gap(*r) for r in conn.execute(_LAST_GAP, key))
+    return state._replace(gaps=tuple(sorted(found)))
 
 
 def _gaps(conn: sqlite3.Connection, key: JournalKey) -> list[Gap]:
     rows = conn.execute(
-        "SELECT first_seq, last_seq, before_ts, after_ts FROM gaps "
-        "WHERE device_id = ? AND journal_id = ? ORDER BY first_seq",
+        f"{_GAP}{_JOURNAL_GAPS} ORDER BY first_seq",
         key,
     ).fetchall()
     return [Gap(*row) for row in rows]
@@ -96,9 +114,11 @@ def _existing(
         yield (key[0], key[1], seq), checksum
 
 
-def commit(conn: sqlite3.Connection, writes: Sequence[BatchWrite]) -> list[list[Ack]]:
+def commit(
+    conn: sqlite3.Connection, writes: Sequence[BatchWrite], max_open_gaps: int
+) -> list[list[Ack]]:
     keys = tracked_keys(writes)
-    states = {k: _load_state(conn, k, min(seqs)) for k, seqs in keys.items()}
+    states = {k: _load_state(conn, k, seqs) for k, seqs in keys.items()}
     existing: dict[Key, str] = {}
     for key, seqs in keys.items():
         lookup = needs_lookup(seqs, states[key])
@@ -111,7 +131,7 @@ def commit(conn: sqlite3.Connection, writes: Sequence[BatchWrite]) -> list[list[
         _UPSERT_ROLLUP[rollup].run(conn, rows)
     known = {k: s for k, s in states.items() if s is not None}
     now = max(w.received_at for w in writes)
-    _save_sequences(conn, sequence_changes(plan.arrivals, known), now)
+    _save_sequences(conn, sequence_changes(plan.arrivals, known, max_open_gaps), now)
     return plan.acks
 
 
@@ -139,7 +159,8 @@ def _save_sequences(
                 [(*key, *gap) for gap in change.opened],
             )
         state = change.state
-        conn.execute(_UPSERT_JOURNAL, (*key, state.high_water, state.high_water_ts, now, now))
+        journal = (state.high_water, state.high_water_ts, state.gap_count, int(state.suspect))
+        conn.execute(_UPSERT_JOURNAL, (*key, *journal, now, now))
 
 
 def save_status(conn: sqlite3.Connection, status: Status, received_at: int) -> None:
@@ -176,15 +197,17 @@ def latest_status(conn: sqlite3.Connection, device_id: str) -> StatusInfo | None
 
 
 def journals(conn: sqlite3.Connection, device_id: str | None) -> list[JournalInfo]:
-    sql = "SELECT device_id, journal_id, high_water, first_seen, last_seen FROM journals"
+    sql = "SELECT device_id, journal_id, high_water, first_seen, last_seen, suspect FROM journals"
     params: tuple[str, ...] = ()
     if device_id is not None:
         sql += " WHERE device_id = ?"
         params = (device_id,)
     rows = conn.execute(sql + " ORDER BY device_id, first_seen, journal_id", params).fetchall()
     return [
-        JournalInfo(device, journal, high, first, last, tuple(_gaps(conn, (device, journal))))
-        for device, journal, high, first, last in rows
+        JournalInfo(
+            device, journal, high, first, last, tuple(_gaps(conn, (device, journal))), bool(sus)
+        )
+        for device, journal, high, first, last, sus in rows
     ]
 
 
@@ -220,10 +243,7 @@ def rejects(
     if reason is not None:
         where.append("reason = ?")
         params.append(reason)
-    sql = (
-        "SELECT id, submitted_by, device_id, journal_id, seq, checksum, reason, detail, raw, "
-        "sent_at, received_at, times FROM rejects"
-    )
+    sql = f"SELECT {', '.join(RejectInfo._fields)} FROM rejects"
     if where:
         sql += " WHERE " + " AND ".join(where)
     rows = conn.execute(sql + " ORDER BY id DESC LIMIT ?", (*params, limit)).fetchall()

@@ -15,6 +15,16 @@ async def catalog_version(store: Store) -> int:
     return int(rows[0][0])
 
 
+async def booking_version(store: Store) -> tuple[int, int]:
+    """What the verifier's view of the bookings depends on: the catalog's last change and
+    how many reference images there are (added without changing the catalog)."""
+    rows = await store.read_rows(
+        "SELECT (SELECT COALESCE(MAX(id), 0) FROM catalog_changes), "
+        "(SELECT COUNT(*) FROM content_references)"
+    )
+    return int(rows[0][0]), int(rows[0][1])
+
+
 async def pending_screens(store: Store, watermark: int, limit: int) -> list[str]:
     """Screens with valid plays pending that were received up to `watermark`."""
     ph = placeholder(store)

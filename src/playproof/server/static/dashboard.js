@@ -204,7 +204,14 @@ function badges(problems) {
 }
 
 async function refreshDevices() {
-  const { devices } = await json("/v1/devices");
+  // GET /v1/devices answers a page at a time: follow next_cursor to the last one.
+  const devices = [];
+  let cursor = null;
+  do {
+    const page = await json("/v1/devices", cursor ? { limit: 1000, cursor } : { limit: 1000 });
+    devices.push(...page.devices);
+    cursor = page.next_cursor;
+  } while (cursor);
   fill("devices", devices, (tr, d) => {
     tr.dataset.device = d.device_id;
     if (d.problems.length) tr.className = "problem";
