@@ -89,3 +89,46 @@ def test_the_layered_banner_fails_overlap_on_its_one_zone_screen(
             "WHERE verification_reasons LIKE '%overlap%'"
         ).fetchall()
     assert overlapping == [(screen, banner)], "the banner, stored second, loses its place"
+
+
+def test_the_statement_agrees_with_the_reconciliation_to_the_play(
+    run: tuple[RunResult, Path],
+) -> None:
+    """Billing (issue 14) over the run's day: its plays, valid and partial are the
+    reconciliation's, and billable + failed + pending is valid."""
+    import asyncio
+    import json
+
+    from playproof.rules import DEFAULT_POLICY
+    from playproof.server import admin
+    from playproof.server.statements import billing_statement
+    from tests.support import now_ms
+
+    result, db = run
+    day = now_ms() // 86_400_000 * 86_400_000
+    period = {"from": _utc(day - 86_400_000), "to": _utc(day + 86_400_000), "tz": "UTC"}
+
+    async def statement() -> dict[str, object]:
+        async with admin.opened(f"sqlite:///{db}") as store:
+            return dict(
+                json.loads(await billing_statement(store, period, now_ms(), DEFAULT_POLICY))
+            )
+
+    doc = asyncio.run(statement())
+    lines = doc["lines"]
+    assert isinstance(lines, list) and lines
+    total = result.reconciliation.total
+    assert sum(line["plays"] for line in lines) == total.valid + total.partial
+    assert sum(line["valid"] for line in lines) == total.valid
+    assert sum(line["partial"] for line in lines) == total.partial
+    for line in lines:
+        assert line["billable_plays"] + line["failed"] + line["pending"] == line["valid"], line
+    checked = result.reconciliation.verification
+    assert sum(line["billable_plays"] for line in lines) == checked.verified
+    assert doc["status"] == "provisional", "today is not over"
+
+
+def _utc(ms: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
