@@ -116,6 +116,12 @@ GROUP BY {_BUCKET}, {_DIMS}, r.reason
 """
 
 
+LINE_SQL = (
+    "INSERT INTO rollup_verification_line SELECT bucket, campaign_id, ad_group_id, "
+    "supplier_id, status, reason, SUM(plays) FROM rollup_verification "
+    "GROUP BY bucket, campaign_id, ad_group_id, supplier_id, status, reason "
+    "HAVING SUM(plays) <> 0"
+)
 COUNTS = (
     "SELECT count(*), sum(CASE WHEN status = 'valid' THEN 1 ELSE 0 END), "
     "sum(CASE WHEN verification = 'verified' THEN 1 ELSE 0 END), "
@@ -177,9 +183,14 @@ def decide(url: str, path: Path | None) -> float:
     sql(url, path, DECIDE)
     sql(url, path, "DELETE FROM rollup_verification")
     sql(url, path, rollup_sql([text for text, _ in FAILURES], path is not None))
+    # The line rollup (migration 0009) as its migration fills it: the same counts summed.
+    sql(url, path, "DELETE FROM rollup_verification_line")
+    sql(url, path, LINE_SQL)
     if path is None:  # PostgreSQL: what autovacuum would do after such a bulk rewrite
         with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(b"VACUUM ANALYZE impressions, rollup_verification")
+            conn.execute(
+                b"VACUUM ANALYZE impressions, rollup_verification, rollup_verification_line"
+            )
     return time.perf_counter() - started
 
 

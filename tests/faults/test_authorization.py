@@ -68,6 +68,10 @@ OPERATOR_ROUTES = (
     f"/v1/devices/{VICTIM}",
     "/v1/live",
     "/metrics",
+    "/v1/catalog",
+    "/v1/contents/cnt-1/reference",
+    "/v1/verification",
+    "/v1/reports/billing?from=2026-01-01T00:00:00Z&to=2026-02-01T00:00:00Z",
 )
 # An operator route refuses a missing or unknown token (401), a device's or a
 # revoked operator's (403).

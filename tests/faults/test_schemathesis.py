@@ -20,7 +20,14 @@ from playproof.server import openapi, params
 from tests.server.reporting import operator_token
 from tests.support import ServerProcess, client, provision
 
-schema = schemathesis.openapi.from_dict(json.loads(openapi.document()))
+# Writing the catalog and its reference images is not fuzzed from the document: a valid
+# catalog obeys rules JSON Schema cannot state (references across entries, ISO 4217
+# currencies, no line breaks) and a reference must be a decodable image of a booked
+# content. tests/test_catalog.py (hypothesis) and tests/server/test_verification.py test
+# those routes; they stay in the document, so that a 405's `Allow` is checked against it.
+schema = schemathesis.openapi.from_dict(json.loads(openapi.document())).exclude(
+    method="PUT", path_regex="^/v1/(catalog|contents/)"
+)
 
 load_all_checks()
 EVERY_CHECK = CHECKS.get_all_names()

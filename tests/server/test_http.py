@@ -396,6 +396,11 @@ def test_healthz_and_openapi_describe_every_http_route(server: ServerProcess) ->
         "/v1/exports/playout",
         "/v1/exports/{export_id}",
         "/v1/exports/{export_id}/skipped",
+        # The catalog and the verifier's queue (tests/server/test_verification.py).
+        "/v1/catalog",
+        "/v1/contents/{content_id}/reference",
+        "/v1/contents/{content_id}/references/{sha256}",
+        "/v1/verification",
     }
     assert "checksum" in doc["components"]["schemas"]["Record"]["required"]
 

@@ -289,6 +289,7 @@ async def _back_to_version_1(url: str) -> None:
         "ALTER TABLE impressions DROP COLUMN verified_at",
         "DROP TABLE statements",
         "DROP TABLE export_plays",
+        "DROP TABLE rollup_verification_line",
         "DROP TABLE exports",
         "ALTER TABLE journals DROP COLUMN gap_count",
         "ALTER TABLE journals DROP COLUMN suspect",

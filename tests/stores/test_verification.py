@@ -148,6 +148,16 @@ async def test_a_campaign_imported_late_turns_unknown_campaign_into_verified(
         ("failed", "unknown_campaign", 0),
         ("verified", "", 1),
     ], "the rollup follows the decisions, the first undone"
+    assert await query(
+        store,
+        "SELECT bucket, campaign_id, ad_group_id, supplier_id, status, reason, plays "
+        "FROM rollup_verification_line WHERE plays <> 0 ORDER BY 1, 2, 3, 4, 5, 6",
+    ) == await query(
+        store,
+        "SELECT bucket, campaign_id, ad_group_id, supplier_id, status, reason, SUM(plays) "
+        "FROM rollup_verification GROUP BY 1, 2, 3, 4, 5, 6 HAVING SUM(plays) <> 0 "
+        "ORDER BY 1, 2, 3, 4, 5, 6",
+    ), "the line rollup holds the same counts without the screen"
 
 
 async def test_importing_the_same_catalog_twice_changes_nothing(registered: Store) -> None:

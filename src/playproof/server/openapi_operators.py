@@ -117,6 +117,24 @@ def _get(op_id: str, summary: str, params: list[dict[str, Any]], ok: dict[str, A
     }
 
 
+def _put(
+    op_id: str,
+    summary: str,
+    params: list[dict[str, Any]],
+    body: dict[str, Any],
+    answers: dict[str, Any],
+) -> dict[str, Any]:
+    too_big = {"413": _err("the body is too large"), "415": _err("another content type")}
+    return {
+        "summary": summary,
+        "operationId": op_id,
+        "security": [{"operator": []}],
+        "parameters": params,
+        "requestBody": {"required": True, "content": body},
+        "responses": {**answers, **ERRORS, **too_big},
+    }
+
+
 def _tabular(description: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {
         "description": description,
@@ -278,6 +296,75 @@ def paths() -> dict[str, Any]:
         ),
         **_billing_paths(),
         **_export_paths(),
+        **_verification_paths(),
+    }
+
+
+def _verification_paths() -> dict[str, Any]:
+    """Reading the catalog and the verifier's queue (server/catalogs.py).
+
+    The catalog is written with `PUT /v1/catalog` and reference images with
+    `PUT /v1/contents/{content_id}/reference` (docs/operators.md): their rules go past
+    what JSON Schema says (references across entries, ISO 4217 currencies, no line
+    breaks), so they are documented in words there and tested by tests/test_catalog.py
+    and tests/server/test_verification.py rather than fuzzed from this document.
+    """
+    sha = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
+    content = _path_param("content_id", ID_SCHEMA)
+    image = _get(
+        "getReferenceImage",
+        "One reference image of a content",
+        [content, _path_param("sha256", sha)],
+        {
+            "description": "the image",
+            "content": {
+                "image/png": {"schema": {"type": "string", "format": "binary"}},
+                "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+            },
+        },
+    )
+    image["get"]["responses"]["404"] = _err("no such reference image of that content")
+    catalog = _get(
+        "getCatalog",
+        "The catalog's active entries, as one canonical document",
+        [],
+        _json_ok("the catalog", OBJECT),
+    )
+    catalog["put"] = _put(
+        "putCatalog",
+        "Import a catalog document: merge it, or (replace=true) make the catalog exactly it",
+        [_q("replace", {"type": "string", "enum": ["true", "false"]})],
+        {"application/json": {"schema": OBJECT}},
+        {"200": _json_ok("the changes, and the catalog's version after them", OBJECT)},
+    )
+    references = _get(
+        "getReferences",
+        "A content's reference images, each with the URL of its picture",
+        [content],
+        _json_ok("the references (none for an unknown content)", OBJECT),
+    )
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    references["put"] = _put(
+        "putReference",
+        "Keep an image as a reference of a content in the catalog",
+        [content],
+        {"image/png": binary, "image/jpeg": binary},
+        {
+            "200": _json_ok("known already", OBJECT),
+            "201": _json_ok("kept", OBJECT),
+            "404": _err("no such content in the catalog"),
+        },
+    )
+    return {
+        "/v1/catalog": catalog,
+        "/v1/contents/{content_id}/reference": references,
+        "/v1/contents/{content_id}/references/{sha256}": image,
+        "/v1/verification": _get(
+            "getVerification",
+            "The verifier's queue: plays pending, the oldest one's arrival, the lag",
+            [],
+            _json_ok("the queue", OBJECT),
+        ),
     }
 
 

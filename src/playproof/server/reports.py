@@ -405,9 +405,16 @@ async def devices(
 ) -> list[dict[str, Any]]:
     """Every device's health summary, by id: the CSV and NDJSON exports, which page nothing.
 
-    `refused`: the running service's screenshot refusals today, per device.
+    `refused`: the running service's screenshot refusals today, per device. `limit` and
+    `cursor` page JSON only; on an export they are still checked, so that a request the
+    document calls wrong is answered 400 whatever its format.
     """
-    Params(query, DEVICE_PARAMS)
+    params = Params(query, DEVICE_PARAMS)
+    cursor = params.get("cursor")
+    if cursor is not None:
+        decode_cursor(cursor, digest(["devices"]), (str,))
+    if params.get("limit") is not None:
+        params.limit(PAGE_DEFAULT, PAGE_MAX)
     return [_device_view(s) for s in await health.fleet(store, now, policy, refused)]
 
 

@@ -14,11 +14,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, AsyncCursor
 
 from playproof.catalog import Catalog, Change
 from playproof.stores.verdicts import (
     DECIDED_COLUMNS,
+    LINE_ROLLUP_COLUMNS,
     PLAY_COLUMNS,
     ROLLUP_COLUMNS,
     CatalogState,
@@ -30,6 +31,7 @@ from playproof.stores.verdicts import (
     decided_log,
     decision_rows,
     entry_rows,
+    line_deltas,
     log_rows,
     rollup_deltas,
     screen_state,
@@ -83,6 +85,12 @@ _ROLLUP: Final = (
     f"VALUES ({', '.join(['%s'] * len(ROLLUP_COLUMNS))}) "
     "ON CONFLICT (bucket, campaign_id, ad_group_id, supplier_id, store_id, device_id, status, "
     "reason) DO UPDATE SET plays = r.plays + excluded.plays"
+)
+_LINE_ROLLUP: Final = (
+    f"INSERT INTO rollup_verification_line AS r ({', '.join(LINE_ROLLUP_COLUMNS)}) "
+    f"VALUES ({', '.join(['%s'] * len(LINE_ROLLUP_COLUMNS))}) "
+    "ON CONFLICT (bucket, campaign_id, ad_group_id, supplier_id, status, reason) "
+    "DO UPDATE SET plays = r.plays + excluded.plays"
 )
 _HIT: Final = (
     "SELECT device_id, MIN(received_at) FROM impressions "
@@ -145,9 +153,14 @@ async def _requeue(conn: AsyncConnection, hit: Affected, now: int, cause: str) -
         rows = await _rows(conn, _UNDO, (device_id, since))
         back = (((device_id, r[0], r[1]), "pending", "") for r in rows)
         async with conn.cursor() as cur:
-            await cur.executemany(_ROLLUP.encode(), rollup_deltas([r[2:] for r in rows], -1))
+            await _add_rollups(cur, rollup_deltas([r[2:] for r in rows], -1))
             await cur.executemany(_LOG.encode(), log_rows(back, now, cause))
         await conn.execute(_REQUEUE.encode(), (device_id, since))
+
+
+async def _add_rollups(cur: AsyncCursor[Any], deltas: list[tuple[Any, ...]]) -> None:
+    await cur.executemany(_ROLLUP.encode(), deltas)
+    await cur.executemany(_LINE_ROLLUP.encode(), line_deltas(deltas))
 
 
 async def load_screen(
@@ -189,8 +202,7 @@ async def save_decisions(
                 done.append((play, decision))
         async with conn.cursor() as cur:
             await cur.executemany(_LOG.encode(), decided_log(done, now))
-            deltas = rollup_deltas([decided_after(p, d) for p, d in done], +1)
-            await cur.executemany(_ROLLUP.encode(), deltas)
+            await _add_rollups(cur, rollup_deltas([decided_after(p, d) for p, d in done], +1))
     return len(done)
 
 

@@ -16,6 +16,7 @@ from typing import Any, Final
 from playproof.catalog import Catalog, Change
 from playproof.stores.verdicts import (
     DECIDED_COLUMNS,
+    LINE_ROLLUP_COLUMNS,
     PLAY_COLUMNS,
     ROLLUP_COLUMNS,
     CatalogState,
@@ -26,6 +27,7 @@ from playproof.stores.verdicts import (
     decided_log,
     decision_rows,
     entry_rows,
+    line_deltas,
     log_rows,
     rollup_deltas,
     screen_state,
@@ -73,6 +75,12 @@ _ROLLUP: Final = (
     f"VALUES ({', '.join('?' * len(ROLLUP_COLUMNS))}) "
     "ON CONFLICT (bucket, campaign_id, ad_group_id, supplier_id, store_id, device_id, status, "
     "reason) DO UPDATE SET plays = plays + excluded.plays"
+)
+_LINE_ROLLUP: Final = (
+    f"INSERT INTO rollup_verification_line ({', '.join(LINE_ROLLUP_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(LINE_ROLLUP_COLUMNS))}) "
+    "ON CONFLICT (bucket, campaign_id, ad_group_id, supplier_id, status, reason) "
+    "DO UPDATE SET plays = plays + excluded.plays"
 )
 _HIT: Final = (
     "SELECT device_id, MIN(received_at) FROM impressions "
@@ -127,11 +135,17 @@ def requeue(conn: sqlite3.Connection, hit: Affected, now: int, cause: str) -> in
     undone = 0
     for device_id, since in conn.execute(_HIT, lists).fetchall():
         rows = conn.execute(_UNDO, (device_id, since)).fetchall()
-        conn.executemany(_ROLLUP, rollup_deltas([r[2:] for r in rows], -1))
+        add_rollups(conn, rollup_deltas([r[2:] for r in rows], -1))
         back = (((device_id, r[0], r[1]), "pending", "") for r in rows)
         conn.executemany(_LOG, log_rows(back, now, cause))
         undone += conn.execute(_REQUEUE, (device_id, since)).rowcount
     return undone
+
+
+def add_rollups(conn: sqlite3.Connection, deltas: list[tuple[Any, ...]]) -> None:
+    """Add rollup rows, and the same counts to the line rollup, in the caller's transaction."""
+    conn.executemany(_ROLLUP, deltas)
+    conn.executemany(_LINE_ROLLUP, line_deltas(deltas))
 
 
 def load_screen(conn: sqlite3.Connection, device_id: str, watermark: int, limit: int) -> ScreenLoad:
@@ -163,7 +177,7 @@ def save_decisions(
         if conn.execute(_DECIDE, params).rowcount == 1
     ]
     conn.executemany(_LOG, decided_log(done, now))
-    conn.executemany(_ROLLUP, rollup_deltas([decided_after(p, d) for p, d in done], +1))
+    add_rollups(conn, rollup_deltas([decided_after(p, d) for p, d in done], +1))
     return len(done)
 
 

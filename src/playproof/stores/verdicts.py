@@ -48,6 +48,17 @@ ROLLUP_COLUMNS: Final = (
     "reason",
     "plays",
 )
+# The same counts without the screen (store, device): what a statement or a report by
+# campaign reads, a few rows an hour whatever the fleet's size.
+LINE_ROLLUP_COLUMNS: Final = (
+    "bucket",
+    "campaign_id",
+    "ad_group_id",
+    "supplier_id",
+    "status",
+    "reason",
+    "plays",
+)
 # What a decision's rollup rows need of an impression row, in this order.
 DECIDED_COLUMNS: Final = (
     "start_ts",
@@ -180,6 +191,15 @@ def rollup_deltas(rows: Iterable[Sequence[Any]], sign: int) -> list[tuple[Any, .
         if status == FAILED:
             for reason in reasons_of(reasons):
                 acc[(*dims, reason)] = acc.get((*dims, reason), 0) + sign
+    return sorted((*key, n) for key, n in acc.items() if n)
+
+
+def line_deltas(deltas: Iterable[Sequence[Any]]) -> list[tuple[Any, ...]]:
+    """The line rollup's rows (LINE_ROLLUP_COLUMNS) for rollup rows (ROLLUP_COLUMNS)."""
+    acc: dict[tuple[Any, ...], int] = {}
+    for bucket, campaign, group, supplier, _, _, status, reason, plays in deltas:
+        key = (bucket, campaign, group, supplier, status, reason)
+        acc[key] = acc.get(key, 0) + plays
     return sorted((*key, n) for key, n in acc.items() if n)
 
 

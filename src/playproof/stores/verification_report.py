@@ -28,6 +28,8 @@ from playproof.verification import FAILED, REASONS, VERIFIED
 DIMENSIONS: Final = ("campaign_id", "ad_group_id", "supplier_id", "store_id", "device_id")
 GROUPS: Final = ("reason", *DIMENSIONS, *queries.TIME_UNITS)
 ROLLUP: Final = Rollup("rollup_verification", (*DIMENSIONS, "reason"), BUCKET_MS)
+# Without the screen: what a statement (and a report by campaign) reads, first choice.
+LINE_ROLLUP: Final = Rollup("rollup_verification_line", (*DIMENSIONS[:3], "reason"), BUCKET_MS)
 assert ROLLUP_COLUMNS[1:6] == DIMENSIONS
 
 # What each kind of part sums, and of what: verified and failed plays (from the rollup's
@@ -105,7 +107,7 @@ async def _counts(store: Reader, query: queries.DeliveryQuery, by_reason: bool) 
     pieces = pieces_for(query)
     totals: Counts = {}
     width = len(query.group_by)
-    for part in queries.plan(query, pieces, (ROLLUP,)):
+    for part in queries.plan(query, pieces, (LINE_ROLLUP, ROLLUP)):
         sql, params = part_sql(query, part, pieces, queries.placeholder(store), by_reason)
         for row in await store.read_rows(sql, params):
             values = [int(v or 0) for v in row[width:]]
