@@ -8,7 +8,7 @@ so that a table printed in a terminal is the one the API gives. Parsing is in
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any, Final, NamedTuple, cast
 
 import msgspec
@@ -255,12 +255,19 @@ def group_label(name: str, value: Any) -> Any:
 
 def delivery_query(query: Query) -> tuple[queries.DeliveryQuery, str]:
     """The report a request asks for, and the name of its time zone."""
-    params = Params(query, DELIVERY_PARAMS)
+    return period_query(query, DELIVERY_PARAMS, queries.GROUPS, DIMENSIONS)
+
+
+def period_query(
+    query: Query, allowed: Sequence[str], groups: Sequence[str], dimensions: Sequence[str]
+) -> tuple[queries.DeliveryQuery, str]:
+    """A report over a required period in a zone, grouped and filtered by the names given."""
+    params = Params(query, tuple(allowed))
     tz = zone(params.get("tz"))
     start, end = time_range(params, tz, required=True)
     assert start is not None and end is not None
-    groups = group_by(params.get("group_by"), queries.GROUPS)
-    wanted = queries.DeliveryQuery(start, end, groups, params.ids(DIMENSIONS), tz)
+    wanted_groups = group_by(params.get("group_by"), tuple(groups))
+    wanted = queries.DeliveryQuery(start, end, wanted_groups, params.ids(tuple(dimensions)), tz)
     return wanted, params.get("tz") or "UTC"
 
 

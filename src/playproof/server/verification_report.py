@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from playproof.server import reports
 from playproof.server.formats import rfc3339
-from playproof.server.params import Params, group_by, time_range, zone
 from playproof.server.reports import Query, Table, group_label
 from playproof.stores import queries
 from playproof.stores import verification_report as vr
@@ -34,13 +34,7 @@ _ORDER: Final = {reason: i for i, reason in enumerate(REASONS)}
 
 def verification_query(query: Query) -> tuple[queries.DeliveryQuery, str]:
     """The report a request asks for (as the delivery report's query), and its zone's name."""
-    params = Params(query, PARAMS)
-    tz = zone(params.get("tz"))
-    start, end = time_range(params, tz, required=True)
-    assert start is not None and end is not None
-    groups = group_by(params.get("group_by"), vr.GROUPS)
-    wanted = queries.DeliveryQuery(start, end, groups, params.ids(vr.DIMENSIONS), tz)
-    return wanted, params.get("tz") or "UTC"
+    return reports.period_query(query, PARAMS, vr.GROUPS, vr.DIMENSIONS)
 
 
 def _sort_key(groups: tuple[str, ...], key: tuple[Any, ...]) -> tuple[Any, ...]:
