@@ -111,6 +111,9 @@ def test_a_catalog_put_then_plays_are_decided_by_the_service(served: Any) -> Non
     send(server.url, token, "scr-v1", range(1, 3))
     send(server.url, token, "scr-v1", range(3, 4), campaign_id="cmp-unbooked")
     decided = wait_decided(server.db_url, "scr-v1", 3)
+    queue = httpx.get(f"{server.url}/v1/verification", headers=auth, timeout=30).json()
+    assert queue["pending"] == 0 and queue["lag_s"] is None
+    assert queue["decided_per_s"] > 0, "the service's verifier decided them in the last minute"
     assert decided == {
         1: ("verified", ""),
         2: ("verified", ""),

@@ -334,7 +334,9 @@ async def get_reference_image(request: Request) -> Response:
 async def get_verification(request: Request) -> Response:
     """GET /v1/verification: the verifier's queue and lag."""
     service = await _operator(request)
-    return json_response(await catalogs.verification_status(service.store, service.clock()))
+    rate = service.verifier.throughput() if service.verify else None
+    status = await catalogs.verification_status(service.store, service.clock(), rate)
+    return json_response(status)
 
 
 # --- buyer exports (server/exports.py): a new export is recorded before its first byte

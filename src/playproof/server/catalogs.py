@@ -118,11 +118,15 @@ async def reference_image(store: Store, content_id: str, sha256: str) -> tuple[b
     return data, "image/png" if data.startswith(b"\x89PNG") else "image/jpeg"
 
 
-async def verification_status(store: Store, now: int) -> dict[str, Any]:
-    """The verifier's queue: plays pending, the oldest one's arrival, and the lag."""
+async def verification_status(
+    store: Store, now: int, decided_per_s: float | None = None
+) -> dict[str, Any]:
+    """The verifier's queue (plays pending, the oldest one's arrival, the lag) and, when this
+    service verifies, its throughput over the last minute."""
     oldest = await vq.oldest_pending(store)
     return {
         "pending": await vq.pending_count(store),
         "oldest_pending_at": oldest,
         "lag_s": None if oldest is None else max(0, now - oldest) / 1000,
+        "decided_per_s": decided_per_s,
     }

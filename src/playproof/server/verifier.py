@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections import deque
 from collections.abc import Callable
 from typing import Final
 
@@ -36,6 +38,7 @@ from playproof.verification import Booked, decide_screen
 log = logging.getLogger(__name__)
 
 IDLE_S: Final = 0.5
+THROUGHPUT_WINDOW_S: Final = 60.0
 SCREENS_PER_TURN: Final = 500
 
 
@@ -59,6 +62,9 @@ class Verifier:
         self._booked: Booked | None = None
         self._version = (0, 0)
         self._reload = False
+        # (monotonic second, plays decided) of the last minute's turns: the throughput.
+        self._recent: deque[tuple[float, int]] = deque()
+        self.decided_total = 0
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -91,10 +97,22 @@ class Verifier:
         decided = 0
         for device_id in await vq.pending_screens(self._store, watermark, SCREENS_PER_TURN):
             decided += await self._screen(device_id, watermark, now)
+        self._count(decided)
         if self._metrics is not None:
             oldest = await vq.oldest_pending(self._store)
             self._metrics.verification_lag.set(0 if oldest is None else (now - oldest) / 1000)
         return decided
+
+    def _count(self, decided: int) -> None:
+        now = time.monotonic()
+        self.decided_total += decided
+        self._recent.append((now, decided))
+        while self._recent and self._recent[0][0] < now - THROUGHPUT_WINDOW_S:
+            self._recent.popleft()
+
+    def throughput(self) -> float:
+        """Plays this verifier decided a second, over the last minute."""
+        return sum(n for _, n in self._recent) / THROUGHPUT_WINDOW_S
 
     async def drain(self) -> int:
         """Turns until a turn decides nothing (tests and `playproof verify --once`)."""

@@ -144,6 +144,8 @@ async function refreshVerification() {
   const sum = (k) => byCampaign.rows.reduce((a, r) => a + (r[k] || 0), 0);
   $("verify-pending").textContent = fmt(queue.pending);
   $("verify-lag").textContent = queue.lag_s === null ? "0" : fmt(Math.round(queue.lag_s));
+  $("verify-rate").textContent = queue.decided_per_s === null ? "(apart)"
+    : queue.decided_per_s.toFixed(1);
   $("verify-verified").textContent = fmt(sum("verified"));
   $("verify-failed").textContent = fmt(sum("failed"));
   const most = Math.max(1, ...byReason.rows.map((r) => r.failed));
