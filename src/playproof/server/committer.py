@@ -21,10 +21,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-import msgspec
-
 from playproof.errors import StoreDataError, StoreError, StoreUnavailable
-from playproof.protocol import Ack, InvalidRecord, Record
+from playproof.protocol import Ack, InvalidRecord, Record, record_json
 from playproof.rules import reject
 from playproof.stores.base import BatchWrite, Judged
 
@@ -186,7 +184,7 @@ def _single(write: BatchWrite, judged: Judged) -> BatchWrite:
 
 def _rejections(item: Record | InvalidRecord, detail: str) -> list[Judged]:
     """How to keep a record the store refused: as a reject, then with its raw text escaped."""
-    raw = item.raw if isinstance(item, InvalidRecord) else msgspec.json.encode(item)
+    raw = item.raw if isinstance(item, InvalidRecord) else record_json(item)
     # JSON-escaped, so that not even a NUL or a lone surrogate can refuse the audit row.
     escaped = json.dumps(raw.decode("utf-8", "replace")).encode()
     error = detail if isinstance(item, Record) else f"{item.error}; {detail}"

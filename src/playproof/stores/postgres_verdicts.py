@@ -18,10 +18,11 @@ from psycopg import AsyncConnection, AsyncCursor
 
 from playproof.catalog import Catalog, Change
 from playproof.stores.verdicts import (
-    DECIDED_COLUMNS,
+    ENTRIES_SQL,
     LINE_ROLLUP_COLUMNS,
     PLAY_COLUMNS,
     ROLLUP_COLUMNS,
+    VERSION_SQL,
     CatalogState,
     Facts,
     ScreenLoad,
@@ -35,10 +36,12 @@ from playproof.stores.verdicts import (
     log_rows,
     rollup_deltas,
     screen_state,
+    verdict_sql,
     window,
 )
 from playproof.verification import Affected, Decision, Play, affected
 
+_SQL: Final = verdict_sql("%s")
 _CATALOG_LOCK: Final = "hashtext('playproof:catalog:' || current_schema())"
 _LOCK_CATALOG: Final = f"SELECT pg_advisory_xact_lock({_CATALOG_LOCK})"
 _SHARE_CATALOG: Final = f"SELECT pg_advisory_xact_lock_shared({_CATALOG_LOCK})"
@@ -46,39 +49,9 @@ _TRY_SCREEN: Final = (
     "SELECT pg_try_advisory_xact_lock(hashtext('playproof:verify:' || current_schema() "
     "|| ':' || %s))"
 )
-_ENTRIES: Final = "SELECT kind, entry_id, doc, retired_at FROM catalog_entries"
-_VERSION: Final = "SELECT COALESCE(MAX(id), 0) FROM catalog_changes"
-_UPSERT_ENTRY: Final = (
-    "INSERT INTO catalog_entries (kind, entry_id, doc, updated_at, retired_at) "
-    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (kind, entry_id) DO UPDATE SET "
-    "doc = excluded.doc, updated_at = excluded.updated_at, retired_at = excluded.retired_at"
-)
-_INSERT_CHANGE: Final = (
-    "INSERT INTO catalog_changes (at, kind, entry_id, action, before, after) "
-    "VALUES (%s, %s, %s, %s, %s, %s)"
-)
-_PENDING: Final = (
-    f"SELECT {', '.join(PLAY_COLUMNS)} FROM impressions "
-    "WHERE device_id = %s AND verification = 'pending' AND received_at <= %s "
-    "ORDER BY received_at, journal_id, seq LIMIT %s"
-)
-_AROUND: Final = (
-    "SELECT start_ts, end_ts, campaign_id, verification, verification_reasons FROM impressions "
-    "WHERE device_id = %s AND start_ts >= %s AND start_ts < %s AND status = 'valid' "
-    "AND verification IN ('verified', 'failed')"
-)
 _SHOTS: Final = (
     "SELECT s.sha256, f.phash, COALESCE(f.blank, false), f.sha256 IS NULL FROM screenshots s "
     "LEFT JOIN screenshot_facts f ON f.sha256 = s.sha256 WHERE s.sha256 = ANY(%s)"
-)
-_DECIDE: Final = (
-    "UPDATE impressions SET verification = %s, verification_reasons = %s, verified_at = %s "
-    "WHERE device_id = %s AND journal_id = %s AND seq = %s AND start_ts = %s "
-    "AND verification = 'pending'"
-)
-_LOG: Final = (
-    "INSERT INTO verification_log (device_id, journal_id, seq, at, status, reasons, cause) "
-    "VALUES (%s, %s, %s, %s, %s, %s, %s)"
 )
 _ROLLUP: Final = (
     f"INSERT INTO rollup_verification AS r ({', '.join(ROLLUP_COLUMNS)}) "
@@ -98,15 +71,6 @@ _HIT: Final = (
     "OR device_id = ANY(%s) OR device_id IN (SELECT device_id FROM devices "
     "WHERE store_id = ANY(%s))) GROUP BY device_id"
 )
-_UNDO: Final = (
-    f"SELECT journal_id, seq, {', '.join(DECIDED_COLUMNS)} FROM impressions "
-    "WHERE device_id = %s AND received_at >= %s AND verification IN ('verified', 'failed')"
-)
-_REQUEUE: Final = (
-    "UPDATE impressions SET verification = 'pending', verification_reasons = NULL, "
-    "verified_at = NULL WHERE device_id = %s AND received_at >= %s "
-    "AND verification IN ('verified', 'failed')"
-)
 
 
 async def _rows(conn: AsyncConnection, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
@@ -114,13 +78,13 @@ async def _rows(conn: AsyncConnection, sql: str, params: Any = None) -> list[tup
 
 
 async def _version(conn: AsyncConnection) -> int:
-    return int((await _rows(conn, _VERSION))[0][0])
+    return int((await _rows(conn, VERSION_SQL))[0][0])
 
 
 async def load_catalog(conn: AsyncConnection) -> CatalogState:
     """The catalog and its version, in one transaction."""
     async with conn.transaction():
-        rows = await _rows(conn, _ENTRIES)
+        rows = await _rows(conn, ENTRIES_SQL)
         return catalog_of(rows, await _version(conn))
 
 
@@ -132,14 +96,14 @@ async def update_catalog(
     """Under the catalog lock: merge, keep the changes, send affected plays back."""
     async with conn.transaction():
         await conn.execute(_LOCK_CATALOG.encode())
-        rows = await _rows(conn, _ENTRIES)
+        rows = await _rows(conn, ENTRIES_SQL)
         before = catalog_of(rows, 0).catalog
         after, changes = update(before)
         if not changes:
             return []
         async with conn.cursor() as cur:
-            await cur.executemany(_UPSERT_ENTRY.encode(), entry_rows(changes, now))
-            await cur.executemany(_INSERT_CHANGE.encode(), change_rows(changes, now))
+            await cur.executemany(_SQL.upsert_entry.encode(), entry_rows(changes, now))
+            await cur.executemany(_SQL.insert_change.encode(), change_rows(changes, now))
         version = await _version(conn)
         await _requeue(conn, affected(changes, before, after), now, f"catalog change {version}")
     return changes
@@ -150,12 +114,12 @@ async def _requeue(conn: AsyncConnection, hit: Affected, now: int, cause: str) -
         return
     lists = [sorted(s) for s in (hit.campaigns, hit.devices, hit.stores)]
     for device_id, since in await _rows(conn, _HIT, lists):
-        rows = await _rows(conn, _UNDO, (device_id, since))
+        rows = await _rows(conn, _SQL.undo, (device_id, since))
         back = (((device_id, r[0], r[1]), "pending", "") for r in rows)
         async with conn.cursor() as cur:
             await _add_rollups(cur, rollup_deltas([r[2:] for r in rows], -1))
-            await cur.executemany(_LOG.encode(), log_rows(back, now, cause))
-        await conn.execute(_REQUEUE.encode(), (device_id, since))
+            await cur.executemany(_SQL.log.encode(), log_rows(back, now, cause))
+        await conn.execute(_SQL.requeue.encode(), (device_id, since))
 
 
 async def _add_rollups(cur: AsyncCursor[Any], deltas: list[tuple[Any, ...]]) -> None:
@@ -169,12 +133,12 @@ async def load_screen(
     """A screen's pending plays up to `watermark`, in stored order, and what is around them."""
     async with conn.transaction():
         found = await _rows(conn, "SELECT store_id FROM devices WHERE device_id = %s", (device_id,))
-        pending = await _rows(conn, _PENDING, (device_id, watermark, limit))
+        pending = await _rows(conn, _SQL.pending, (device_id, watermark, limit))
         decided: list[Any] = []
         shots: list[Any] = []
         if pending:
             low, high = window(pending)
-            decided = await _rows(conn, _AROUND, (device_id, low, high))
+            decided = await _rows(conn, _SQL.around, (device_id, low, high))
             named = sorted({p[PLAY_COLUMNS.index("screenshot_sha256")] for p in pending} - {None})
             shots = await _rows(conn, _SHOTS, (named,)) if named else []
     return screen_state(device_id, found[0][0] if found else None, pending, decided, shots)
@@ -197,11 +161,11 @@ async def save_decisions(
             return -1
         done = []
         for (play, decision), params in zip(decisions, decision_rows(decisions, now), strict=True):
-            cur = await conn.execute(_DECIDE.encode(), params)
+            cur = await conn.execute(_SQL.decide.encode(), params)
             if cur.rowcount == 1:
                 done.append((play, decision))
         async with conn.cursor() as cur:
-            await cur.executemany(_LOG.encode(), decided_log(done, now))
+            await cur.executemany(_SQL.log.encode(), decided_log(done, now))
             await _add_rollups(cur, rollup_deltas([decided_after(p, d) for p, d in done], +1))
     return len(done)
 

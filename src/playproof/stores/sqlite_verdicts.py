@@ -15,10 +15,11 @@ from typing import Any, Final
 
 from playproof.catalog import Catalog, Change
 from playproof.stores.verdicts import (
-    DECIDED_COLUMNS,
+    ENTRIES_SQL,
     LINE_ROLLUP_COLUMNS,
     PLAY_COLUMNS,
     ROLLUP_COLUMNS,
+    VERSION_SQL,
     CatalogState,
     ScreenLoad,
     catalog_of,
@@ -31,44 +32,16 @@ from playproof.stores.verdicts import (
     log_rows,
     rollup_deltas,
     screen_state,
+    verdict_sql,
     window,
 )
 from playproof.verification import Affected, Decision, Play, affected
 
-_ENTRIES: Final = "SELECT kind, entry_id, doc, retired_at FROM catalog_entries"
-_VERSION: Final = "SELECT COALESCE(MAX(id), 0) FROM catalog_changes"
-_UPSERT_ENTRY: Final = (
-    "INSERT INTO catalog_entries (kind, entry_id, doc, updated_at, retired_at) "
-    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, entry_id) DO UPDATE SET doc = excluded.doc, "
-    "updated_at = excluded.updated_at, retired_at = excluded.retired_at"
-)
-_INSERT_CHANGE: Final = (
-    "INSERT INTO catalog_changes (at, kind, entry_id, action, before, after) "
-    "VALUES (?, ?, ?, ?, ?, ?)"
-)
-_PENDING: Final = (
-    f"SELECT {', '.join(PLAY_COLUMNS)} FROM impressions "
-    "WHERE device_id = ? AND verification = 'pending' AND received_at <= ? "
-    "ORDER BY received_at, journal_id, seq LIMIT ?"
-)
-_AROUND: Final = (
-    "SELECT start_ts, end_ts, campaign_id, verification, verification_reasons FROM impressions "
-    "WHERE device_id = ? AND start_ts >= ? AND start_ts < ? AND status = 'valid' "
-    "AND verification IN ('verified', 'failed')"
-)
+_SQL: Final = verdict_sql("?")
 _SHOTS: Final = (
     "SELECT s.sha256, f.phash, f.blank, f.sha256 IS NULL FROM screenshots s "
     "LEFT JOIN screenshot_facts f ON f.sha256 = s.sha256 "
     "WHERE s.sha256 IN (SELECT value FROM json_each(?))"
-)
-_DECIDE: Final = (
-    "UPDATE impressions SET verification = ?, verification_reasons = ?, verified_at = ? "
-    "WHERE device_id = ? AND journal_id = ? AND seq = ? AND start_ts = ? "
-    "AND verification = 'pending'"
-)
-_LOG: Final = (
-    "INSERT INTO verification_log (device_id, journal_id, seq, at, status, reasons, cause) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 _ROLLUP: Final = (
     f"INSERT INTO rollup_verification ({', '.join(ROLLUP_COLUMNS)}) "
@@ -90,21 +63,12 @@ _HIT: Final = (
     "OR device_id IN (SELECT device_id FROM devices "
     "WHERE store_id IN (SELECT value FROM json_each(?)))) GROUP BY device_id"
 )
-_UNDO: Final = (
-    f"SELECT journal_id, seq, {', '.join(DECIDED_COLUMNS)} FROM impressions "
-    "WHERE device_id = ? AND received_at >= ? AND verification IN ('verified', 'failed')"
-)
-_REQUEUE: Final = (
-    "UPDATE impressions SET verification = 'pending', verification_reasons = NULL, "
-    "verified_at = NULL WHERE device_id = ? AND received_at >= ? "
-    "AND verification IN ('verified', 'failed')"
-)
 
 
 def load_catalog(conn: sqlite3.Connection) -> CatalogState:
     """The catalog and its version, from one snapshot."""
-    rows = conn.execute(_ENTRIES).fetchall()
-    return catalog_of(rows, int(conn.execute(_VERSION).fetchone()[0]))
+    rows = conn.execute(ENTRIES_SQL).fetchall()
+    return catalog_of(rows, int(conn.execute(VERSION_SQL).fetchone()[0]))
 
 
 def update_catalog(
@@ -117,9 +81,9 @@ def update_catalog(
     after, changes = update(before)
     if not changes:
         return []
-    conn.executemany(_UPSERT_ENTRY, entry_rows(changes, now))
-    conn.executemany(_INSERT_CHANGE, change_rows(changes, now))
-    version = int(conn.execute(_VERSION).fetchone()[0])
+    conn.executemany(_SQL.upsert_entry, entry_rows(changes, now))
+    conn.executemany(_SQL.insert_change, change_rows(changes, now))
+    version = int(conn.execute(VERSION_SQL).fetchone()[0])
     requeue(conn, affected(changes, before, after), now, f"catalog change {version}")
     return changes
 
@@ -134,11 +98,11 @@ def requeue(conn: sqlite3.Connection, hit: Affected, now: int, cause: str) -> in
     lists = [json.dumps(sorted(s)) for s in (hit.campaigns, hit.devices, hit.stores)]
     undone = 0
     for device_id, since in conn.execute(_HIT, lists).fetchall():
-        rows = conn.execute(_UNDO, (device_id, since)).fetchall()
+        rows = conn.execute(_SQL.undo, (device_id, since)).fetchall()
         add_rollups(conn, rollup_deltas([r[2:] for r in rows], -1))
         back = (((device_id, r[0], r[1]), "pending", "") for r in rows)
-        conn.executemany(_LOG, log_rows(back, now, cause))
-        undone += conn.execute(_REQUEUE, (device_id, since)).rowcount
+        conn.executemany(_SQL.log, log_rows(back, now, cause))
+        undone += conn.execute(_SQL.requeue, (device_id, since)).rowcount
     return undone
 
 
@@ -151,12 +115,12 @@ def add_rollups(conn: sqlite3.Connection, deltas: list[tuple[Any, ...]]) -> None
 def load_screen(conn: sqlite3.Connection, device_id: str, watermark: int, limit: int) -> ScreenLoad:
     """A screen's pending plays up to `watermark` (received_at), in stored order, and around."""
     row = conn.execute("SELECT store_id FROM devices WHERE device_id = ?", (device_id,)).fetchone()
-    pending = conn.execute(_PENDING, (device_id, watermark, limit)).fetchall()
+    pending = conn.execute(_SQL.pending, (device_id, watermark, limit)).fetchall()
     decided: list[Any] = []
     shots: list[Any] = []
     if pending:
         low, high = window(pending)
-        decided = conn.execute(_AROUND, (device_id, low, high)).fetchall()
+        decided = conn.execute(_SQL.around, (device_id, low, high)).fetchall()
         named = sorted({p[PLAY_COLUMNS.index("screenshot_sha256")] for p in pending} - {None})
         shots = conn.execute(_SHOTS, (json.dumps(named),)).fetchall() if named else []
     return screen_state(device_id, row[0] if row else None, pending, decided, shots)
@@ -169,14 +133,14 @@ def save_decisions(
     catalog_version: int,
 ) -> int:
     """Write decisions still pending, with log and rollup; -1 if the catalog changed since."""
-    if int(conn.execute(_VERSION).fetchone()[0]) != catalog_version:
+    if int(conn.execute(VERSION_SQL).fetchone()[0]) != catalog_version:
         return -1
     done = [
         (play, decision)
         for (play, decision), params in zip(decisions, decision_rows(decisions, now), strict=True)
-        if conn.execute(_DECIDE, params).rowcount == 1
+        if conn.execute(_SQL.decide, params).rowcount == 1
     ]
-    conn.executemany(_LOG, decided_log(done, now))
+    conn.executemany(_SQL.log, decided_log(done, now))
     add_rollups(conn, rollup_deltas([decided_after(p, d) for p, d in done], +1))
     return len(done)
 

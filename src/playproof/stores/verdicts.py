@@ -76,6 +76,54 @@ DECIDED_COLUMNS: Final = (
 Facts = tuple[str, str | None, bool, str | None]
 
 
+ENTRIES_SQL: Final = "SELECT kind, entry_id, doc, retired_at FROM catalog_entries"
+VERSION_SQL: Final = "SELECT COALESCE(MAX(id), 0) FROM catalog_changes"
+
+
+class VerdictSql(NamedTuple):
+    """The statements both stores run alike, in one dialect's placeholder."""
+
+    upsert_entry: str
+    insert_change: str
+    pending: str
+    around: str
+    decide: str
+    log: str
+    undo: str
+    requeue: str
+
+
+def verdict_sql(ph: str) -> VerdictSql:
+    """The shared statements with `ph` (`?` or `%s`) for their parameters."""
+
+    def values(count: int) -> str:
+        return ", ".join([ph] * count)
+
+    decided = "verification IN ('verified', 'failed')"
+    return VerdictSql(
+        upsert_entry="INSERT INTO catalog_entries (kind, entry_id, doc, updated_at, retired_at) "
+        f"VALUES ({values(5)}) ON CONFLICT (kind, entry_id) DO UPDATE SET "
+        "doc = excluded.doc, updated_at = excluded.updated_at, retired_at = excluded.retired_at",
+        insert_change="INSERT INTO catalog_changes (at, kind, entry_id, action, before, after) "
+        f"VALUES ({values(6)})",
+        pending=f"SELECT {', '.join(PLAY_COLUMNS)} FROM impressions "
+        f"WHERE device_id = {ph} AND verification = 'pending' AND received_at <= {ph} "
+        f"ORDER BY received_at, journal_id, seq LIMIT {ph}",
+        around="SELECT start_ts, end_ts, campaign_id, verification, verification_reasons "
+        f"FROM impressions WHERE device_id = {ph} AND start_ts >= {ph} AND start_ts < {ph} "
+        f"AND status = 'valid' AND {decided}",
+        decide=f"UPDATE impressions SET verification = {ph}, verification_reasons = {ph}, "
+        f"verified_at = {ph} WHERE device_id = {ph} AND journal_id = {ph} AND seq = {ph} "
+        f"AND start_ts = {ph} AND verification = 'pending'",
+        log="INSERT INTO verification_log (device_id, journal_id, seq, at, status, reasons, "
+        f"cause) VALUES ({values(7)})",
+        undo=f"SELECT journal_id, seq, {', '.join(DECIDED_COLUMNS)} FROM impressions "
+        f"WHERE device_id = {ph} AND received_at >= {ph} AND {decided}",
+        requeue="UPDATE impressions SET verification = 'pending', verification_reasons = NULL, "
+        f"verified_at = NULL WHERE device_id = {ph} AND received_at >= {ph} AND {decided}",
+    )
+
+
 class CatalogState(NamedTuple):
     """The catalog as stored: its active entries, retired campaigns, and the last change's id."""
 
