@@ -64,7 +64,6 @@ class Verifier:
         self._reload = False
         # (monotonic second, plays decided) of the last minute's turns: the throughput.
         self._recent: deque[tuple[float, int]] = deque()
-        self.decided_total = 0
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -93,7 +92,7 @@ class Verifier:
         """One pass over the screens with settled pending plays; how many plays were decided."""
         now = self._clock()
         watermark = now - self._limits.verify_settle_ms
-        await self._refresh(now)
+        await self._refresh()
         decided = 0
         for device_id in await vq.pending_screens(self._store, watermark, SCREENS_PER_TURN):
             decided += await self._screen(device_id, watermark, now)
@@ -105,7 +104,6 @@ class Verifier:
 
     def _count(self, decided: int) -> None:
         now = time.monotonic()
-        self.decided_total += decided
         self._recent.append((now, decided))
         while self._recent and self._recent[0][0] < now - THROUGHPUT_WINDOW_S:
             self._recent.popleft()
@@ -121,7 +119,7 @@ class Verifier:
             total += decided
         return total
 
-    async def _refresh(self, now: int) -> None:
+    async def _refresh(self) -> None:
         version = await vq.booking_version(self._store)
         if self._state is not None and self._version == version and not self._reload:
             return
