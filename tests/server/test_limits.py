@@ -53,9 +53,23 @@ def test_a_device_past_its_rate_gets_429_with_retry_after(tight: ServerProcess) 
         assert http.post("/v1/impressions/batch", json=envelope([], "scr-rate")).status_code == 200
 
 
-async def test_a_device_holds_at_most_its_share_of_stream_connections(tight: ServerProcess) -> None:
-    token = provision(tight.db_url, "scr-conns")
-    url = tight.url.replace("http://", "ws://") + "/v1/stream"
+@pytest.fixture(scope="module")
+def crowded(shared_db: str) -> Iterator[ServerProcess]:
+    """Two stream connections per device and no idle timeout a slow machine could reach.
+
+    With `tight`'s 1.5 s idle limit, a loaded CI machine let the first two connections
+    idle out before the third opened, so the third was admitted (and idled out too).
+    """
+    args = ["--limit", "stream_connections_per_device=2", "--limit", "stream_idle_s=120"]
+    with ServerProcess(shared_db, *args) as proc:
+        yield proc
+
+
+async def test_a_device_holds_at_most_its_share_of_stream_connections(
+    crowded: ServerProcess,
+) -> None:
+    token = provision(crowded.db_url, "scr-conns")
+    url = crowded.url.replace("http://", "ws://") + "/v1/stream"
     auth = {"Authorization": f"Bearer {token}"}
     async with (
         connect(url, additional_headers=auth) as one,
