@@ -32,6 +32,10 @@ class CatalogError(ProtocolError):
     """A catalog document or import is wrong; the message names the entry and the field."""
 
 
+class KeyRefused(ProtocolError):
+    """A public key or key id that may not be registered (HTTP 400), with the reason."""
+
+
 class TooLarge(ProtocolError):
     """A body is over the batch limits (HTTP 413)."""
 

@@ -1,4 +1,4 @@
-"""The wire contract of PROTOCOL.md version 1: records, envelopes, acks, status, checksum.
+"""The wire contract of PROTOCOL.md versions 1 and 2: records, envelopes, acks, status, checksum.
 
 Decoding is strict: unknown fields, wrong types and out-of-range values are
 errors, so that a typo never passes silently. The only module of ours this one
@@ -17,6 +17,10 @@ from msgspec import UNSET, Meta, UnsetType
 from playproof.errors import EnvelopeError, RecordError, TooLarge
 
 VERSION: Final = 1
+# Version 2 (section 7): a version-1 record with the panel's state, and the key and
+# signature of the device that sealed it.
+SIGNED_VERSION: Final = 2
+SIGNED_FIELDS: Final = ("key_id", "panel_source", "panel_state", "sig")
 MAX_BATCH_RECORDS: Final = 1000
 MAX_BATCH_BYTES: Final = 1024 * 1024
 
@@ -43,6 +47,17 @@ Millis = Annotated[int, Meta(ge=0, le=MAX_INT)]
 SignedMillis = Annotated[int, Meta(ge=-MAX_INT, le=MAX_INT)]
 Seq = Annotated[int, Meta(ge=1, le=MAX_INT)]
 EndReason = Literal["completed", "skipped", "interrupted", "error", "device_restart"]
+PanelState = Literal["on", "standby", "off", "no_signal", "unknown"]
+PanelSource = Literal["cec", "drm", "mdc", "rs232", "vendor", "none"]
+# Worst first: a play is recorded with the worst state observed during it.
+PANEL_STATES: Final[tuple[str, ...]] = ("off", "standby", "no_signal", "unknown", "on")
+PANEL_SOURCES: Final[tuple[str, ...]] = ("cec", "drm", "mdc", "rs232", "vendor", "none")
+KeyIdHex = Annotated[
+    str, Meta(min_length=16, max_length=16, extra_json_schema={"pattern": "^[0-9a-f]{16}$"})
+]
+SigHex = Annotated[
+    str, Meta(min_length=128, max_length=128, extra_json_schema={"pattern": "^[0-9a-f]{128}$"})
+]
 Result = Literal["accepted", "duplicate", "rejected"]
 PlayStatus = Literal["valid", "partial"]
 RejectReason = Literal[
@@ -53,6 +68,7 @@ RejectReason = Literal[
     "clock_skew",
     "future_timestamp",
     "conflict",
+    "bad_signature",
 ]
 END_REASONS: Final[tuple[str, ...]] = (
     "completed",
@@ -69,14 +85,18 @@ REJECT_REASONS: Final[tuple[str, ...]] = (
     "clock_skew",
     "future_timestamp",
     "conflict",
+    "bad_signature",
 )
 
 
 class Record(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """One play: PROTOCOL.md section 1. `checksum` is UNSET until the record is sealed.
+    """One play: PROTOCOL.md section 1 (and 7). `checksum` is UNSET until it is sealed.
 
     Fields are declared in code-point order, so that encoding the record with
-    its checksum UNSET yields its canonical bytes directly, with no sorting.
+    its checksum (and signature) UNSET yields its canonical bytes directly, with
+    no sorting. Version 2's four fields are UNSET in a version-1 record, which
+    therefore encodes exactly as before; `check_record` insists that a record
+    carries them all (v 2) or none (v 1).
     """
 
     ad_group_id: WireId
@@ -91,13 +111,17 @@ class Record(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     end_ts: Millis
     expected_ms: Annotated[int, Meta(ge=1, le=MAX_INT)]
     journal_id: WireId
+    key_id: KeyIdHex | UnsetType = UNSET
+    panel_source: PanelSource | UnsetType = UNSET
+    panel_state: PanelState | UnsetType = UNSET
     screenshot_at_ms: Millis | None
     screenshot_sha256: Sha256Hex | None
     seq: Seq
+    sig: SigHex | UnsetType = UNSET
     start_ts: Millis
     store_id: WireId
     supplier_id: WireId
-    v: Literal[1]
+    v: Literal[1, 2]
 
 
 class Envelope(msgspec.Struct, forbid_unknown_fields=True):
@@ -228,15 +252,16 @@ _encoder = msgspec.json.Encoder()
 
 
 def canonical_bytes(record: Record) -> bytes:
-    """The record without its checksum, as sorted, whitespace-free JSON (section 2)."""
-    saved = record.checksum
-    record.checksum = UNSET
+    """The record without its checksum and signature, as sorted, whitespace-free JSON
+    (sections 2 and 7): what the checksum hashes and the signature signs."""
+    saved, sig = record.checksum, record.sig
+    record.checksum = record.sig = UNSET
     try:
         # Fields are declared sorted, ids are ASCII without escapes and ints are
         # plain: the output is byte for byte json.dumps(sort_keys=True, ...).
         return _encoder.encode(record)
     finally:
-        record.checksum = saved
+        record.checksum, record.sig = saved, sig
 
 
 def compute_checksum(record: Record) -> str:
@@ -306,11 +331,46 @@ def _text_error(record: Record) -> str:
     return "Object missing required field `checksum`"
 
 
+_SIGNED_TEXT = re.compile(r"[0-9a-f]{16}\|[0-9a-f]{128}")
+
+
 def check_record(record: Record) -> Record:
-    """The record if its ids and hashes are well-formed and it is sealed, else RecordError."""
+    """The record if its ids and hashes are well-formed, it is sealed and it carries
+    exactly its version's fields, else RecordError."""
     if record.checksum is UNSET or not _text_ok(record):
         raise RecordError(f"invalid record: {_text_error(record)}")
+    error = _version_error(record)
+    if error:
+        raise RecordError(f"invalid record: {error}")
     return record
+
+
+def _version_error(record: Record) -> str:
+    """What is wrong with the record's version-2 fields for its version ("" if nothing)."""
+    if record.v == 1:
+        if (
+            record.sig is UNSET
+            and record.key_id is UNSET
+            and record.panel_state is UNSET
+            and record.panel_source is UNSET
+        ):
+            return ""
+        present = [name for name in SIGNED_FIELDS if getattr(record, name) is not UNSET]
+        return f"expected no {', '.join(present)} in a version-1 record (they are version 2's)"
+    missing = [name for name in SIGNED_FIELDS if getattr(record, name) is UNSET]
+    if missing:
+        return f"Object missing required field `{missing[0]}`"
+    if not _SIGNED_TEXT.fullmatch(f"{record.key_id}|{record.sig}"):
+        return (
+            "expected key_id of 16 and sig of 128 lowercase hex digits, "
+            f"got {record.key_id!r} and {record.sig!r}"
+        )
+    return ""
+
+
+def is_signed(record: Record) -> bool:
+    """Whether the record is version 2 (signed, with panel evidence)."""
+    return record.v == SIGNED_VERSION
 
 
 def check_id(value: str, where: str) -> str:
@@ -353,7 +413,7 @@ def _check_size(count: int) -> None:
 
 
 def _all_sealed(records: list[Record]) -> bool:
-    return all(r.checksum is not UNSET and _text_ok(r) for r in records)
+    return all(r.checksum is not UNSET and _text_ok(r) and not _version_error(r) for r in records)
 
 
 def decode_batch(body: bytes) -> Batch:

@@ -30,25 +30,41 @@ FLAG_CLOCK_UNSYNCED: Final = "clock_unsynced"
 FLAG_DURATION_MISMATCH: Final = "duration_mismatch"
 FLAG_OVERLONG: Final = "overlong"
 FLAG_STORE_MISMATCH: Final = "store_mismatch"
+# Version 2 (PROTOCOL.md section 7): the panel was seen off (the play is `partial`),
+# or nobody could tell.
+FLAG_PANEL_OFF: Final = "panel_off"
+FLAG_PANEL_UNKNOWN: Final = "panel_unknown"
 FLAGS: Final = (
     FLAG_CLOCK_SKEW,
     FLAG_CLOCK_UNSYNCED,
     FLAG_DURATION_MISMATCH,
     FLAG_OVERLONG,
     FLAG_STORE_MISMATCH,
+    FLAG_PANEL_OFF,
+    FLAG_PANEL_UNKNOWN,
 )
+# Panel states under which the play was not seen.
+PANEL_NOT_SEEN: Final = frozenset(("off", "standby", "no_signal"))
 
-
+BAD_SIGNATURE: Final = "bad_signature"
 # Rejects whose key (device, journal, seq) cannot be trusted: a forbidden record
-# names another device and a bad checksum makes the key itself doubtful. They
-# never move anyone's sequence state nor hold a sequence place. (Protocol
-# version 2 adds `bad_signature` here.)
-UNTRUSTED_KEY_REASONS: Final = ("forbidden", "bad_checksum")
+# names another device, a bad checksum makes the key itself doubtful, and a bad
+# signature means the device may not have written it. They never move anyone's
+# sequence state nor hold a sequence place.
+UNTRUSTED_KEY_REASONS: Final = ("forbidden", "bad_checksum", BAD_SIGNATURE)
 
 
 def key_trusted(verdict_reason: str | None) -> bool:
     """Whether a record with this verdict may move its journal's sequence state."""
     return verdict_reason not in UNTRUSTED_KEY_REASONS
+
+
+def dedupe_first(verdict_reason: str | None) -> bool:
+    """Whether a record with this verdict is answered `duplicate` when its key is stored
+    with its checksum: every verdict but those before dedupe in PROTOCOL.md's order
+    (`bad_checksum`, `forbidden`; a bad signature comes after, so a resend after its key's
+    revocation is still a duplicate)."""
+    return verdict_reason not in ("forbidden", "bad_checksum")
 
 
 class Policy(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -68,6 +84,9 @@ class Policy(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     penalty_duration_mismatch: int = 20
     penalty_overlong: int = 10
     penalty_store_mismatch: int = 20
+    # A panel seen off makes the play `partial` anyway; its quality says so too.
+    penalty_panel_off: int = 100
+    penalty_panel_unknown: int = 20
     # Verification: how long a required screenshot a record names may take to arrive
     # (from the record's received_at), and how many bits of perceptual hash a
     # screenshot may differ from its content's reference images.
@@ -150,9 +169,11 @@ def reject(reason: str, detail: str = "") -> Verdict:
 
 
 def play_status(record: Record, policy: Policy = DEFAULT_POLICY) -> str:
-    """`valid` when completed and played at least `valid_percent` of expected, else `partial`."""
+    """`valid` when completed and played at least `valid_percent` of expected (and, in
+    version 2, with the panel not seen off), else `partial`."""
     enough = record.duration_ms * 100 >= policy.valid_percent * record.expected_ms
-    return "valid" if record.end_reason == "completed" and enough else "partial"
+    seen = record.panel_state not in PANEL_NOT_SEEN
+    return "valid" if record.end_reason == "completed" and enough and seen else "partial"
 
 
 def skew_band(skew_ms: int, policy: Policy = DEFAULT_POLICY) -> str:
@@ -207,6 +228,11 @@ class Judge:
             flags += (FLAG_OVERLONG,)
         if self.ctx.store_id is not None and record.store_id != self.ctx.store_id:
             flags += (FLAG_STORE_MISMATCH,)
+        if record.v != 1:
+            if record.panel_state in PANEL_NOT_SEEN:
+                flags += (FLAG_PANEL_OFF,)
+            elif record.panel_state == "unknown":
+                flags += (FLAG_PANEL_UNKNOWN,)
         return flags
 
     def __call__(self, record: Record) -> Verdict:

@@ -293,6 +293,14 @@ async def _back_to_version_1(url: str) -> None:
         "DROP TABLE exports",
         "ALTER TABLE journals DROP COLUMN gap_count",
         "ALTER TABLE journals DROP COLUMN suspect",
+        "DROP TABLE key_log",
+        "DROP TABLE device_keys",
+        "ALTER TABLE devices DROP COLUMN self_enrol",
+        "ALTER TABLE devices DROP COLUMN signatures_required",
+        "ALTER TABLE impressions DROP COLUMN key_id",
+        "ALTER TABLE impressions DROP COLUMN panel_source",
+        "ALTER TABLE impressions DROP COLUMN panel_state",
+        "ALTER TABLE impressions DROP COLUMN sig",
     ]
     if url.startswith("sqlite"):
         import sqlite3

@@ -13,11 +13,20 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
+from msgspec import UNSET
 from msgspec.structs import astuple
 
 from playproof.catalog import Catalog, Change
 from playproof.protocol import Ack, InvalidRecord, Record, Status, record_json
-from playproof.rules import Gap, SequenceChange, SequenceState, Verdict, advance, key_trusted
+from playproof.rules import (
+    Gap,
+    SequenceChange,
+    SequenceState,
+    Verdict,
+    advance,
+    dedupe_first,
+    key_trusted,
+)
 from playproof.stores.blobs import BlobStore
 from playproof.stores.export_ledger import ExportInfo, ExportRequest
 from playproof.stores.statements import FinalStatement, Rebase
@@ -40,6 +49,7 @@ IMPRESSION_COLUMNS: tuple[str, ...] = (
     "skew_ms",
 )
 assert Record.__struct_fields__[-1] == "v", "rows are built from astuple(record)[:-1]"
+# The columns of version 2 (NULL in a version-1 row): a row is signed when key_id is set.
 
 REJECT_COLUMNS: tuple[str, ...] = (
     "submitted_by",
@@ -323,7 +333,7 @@ class CommitPlan:
 
 
 def _tracked(verdict: Verdict) -> bool:
-    return key_trusted(verdict.reason)
+    return dedupe_first(verdict.reason)
 
 
 def tracked_keys(writes: Sequence[BatchWrite]) -> dict[JournalKey, list[int]]:
@@ -342,9 +352,17 @@ def _row_suffix(verdict: Verdict, write: BatchWrite) -> tuple[Any, ...]:
     return (verdict.status, verdict.quality, flags, verification, write.received_at, write.skew_ms)
 
 
+def record_values(record: Record) -> tuple[Any, ...]:
+    """The record's values in RECORD_COLUMNS order; version 2's fields NULL in version 1."""
+    values = astuple(record)[:-1]
+    if record.v == 1:
+        return tuple(None if value is UNSET else value for value in values)
+    return values
+
+
 def impression_row(record: Record, verdict: Verdict, write: BatchWrite) -> tuple[Any, ...]:
     """A record and its verdict as a row in IMPRESSION_COLUMNS order."""
-    return astuple(record)[:-1] + _row_suffix(verdict, write)
+    return record_values(record) + _row_suffix(verdict, write)
 
 
 def reject_row(
@@ -393,6 +411,11 @@ class _Planner:
             stored = self.seen.get((*journal, record.seq))
             if stored is not None:
                 return self._known(record, stored)
+        elif dedupe_first(verdict.reason):
+            # A bad signature: a duplicate still, but it never holds a place nor conflicts.
+            key = (record.device_id, record.journal_id, record.seq)
+            if self.seen.get(key) == record.checksum:
+                return Ack(record.seq, "duplicate")
         if verdict.reason is not None:
             self.plan.rejects.append(reject_row(self.write, record, verdict.reason, verdict.detail))
             return Ack(record.seq, "rejected", reason=verdict.reason)  # type: ignore[arg-type]
@@ -410,7 +433,7 @@ class _Planner:
         suffix = self.suffixes.get(verdict)
         if suffix is None:
             suffix = self.suffixes[verdict] = _row_suffix(verdict, self.write)
-        self.plan.impressions.append(astuple(record)[:-1] + suffix)
+        self.plan.impressions.append(record_values(record) + suffix)
         return Ack(record.seq, "accepted", verdict.status, verdict.quality, list(verdict.flags))  # type: ignore[arg-type]
 
 
