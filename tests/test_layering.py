@@ -14,6 +14,11 @@ ALLOWED = {
     "errors": set(),
     "protocol": {"errors"},
     "rules": {"errors", "protocol"},
+    # Ed25519 for protocol version 2, and the key log's hash chain: pure, beside the rules.
+    "signing": {"errors", "protocol"},
+    "keylog": {"errors", "signing"},
+    # What a buyer runs alone on an evidence export: no store, no service.
+    "evidence": {"errors", "protocol", "signing", "keylog"},
     "config": {"errors", "protocol", "rules"},
     # The pure core of verification, beside the rules: no I/O, nothing above it.
     "catalog": {"errors", "protocol"},
@@ -23,12 +28,24 @@ ALLOWED = {
     "billing": {"errors", "catalog", "verification"},
     # Buyer formats: pure, rendered from the catalog, overlap as verification defines it.
     "exports": {"errors", "catalog", "verification"},
-    "stores": {"errors", "protocol", "rules", "catalog", "verification", "exports", "stores"},
-    "device": {"errors", "protocol", "rules", "config", "device"},
+    "stores": {
+        "errors",
+        "protocol",
+        "rules",
+        "signing",
+        "keylog",
+        "catalog",
+        "verification",
+        "exports",
+        "stores",
+    },
+    "device": {"errors", "protocol", "rules", "config", "signing", "device"},
     "server": {
         "errors",
         "protocol",
         "rules",
+        "signing",
+        "keylog",
         "config",
         "catalog",
         "billing",  # the statement route prices with it (server/statements.py)
@@ -45,6 +62,8 @@ ALLOWED = {
         "errors",
         "protocol",
         "rules",
+        "signing",
+        "keylog",
         "config",
         "catalog",
         "device",

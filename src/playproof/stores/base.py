@@ -66,13 +66,35 @@ REJECT_COLUMNS: tuple[str, ...] = (
 )
 
 
+class DeviceKey(NamedTuple):
+    """A public key a device holds or held (protocol version 2); times on the service's clock."""
+
+    device_id: str
+    key_id: str
+    public_key: str  # 64 lowercase hex digits
+    registered_at: int
+    registered_by: str  # "device", or the operator's name
+    revoked_at: int | None = None
+    revoked_by: str | None = None
+
+    def active_at(self, at_ms: int) -> bool:
+        """Whether a record received at `at_ms` may be signed with this key."""
+        return self.registered_at <= at_ms and (self.revoked_at is None or at_ms < self.revoked_at)
+
+
 class DeviceInfo(NamedTuple):
-    """A registered device."""
+    """A registered device, with its keys (version 2) as the service knows them."""
 
     device_id: str
     store_id: str
     created_at: int
     revoked_at: int | None
+    keys: tuple[DeviceKey, ...] = ()
+    # Whether the device may register keys itself (PUT /v1/devices/keys/<key_id>).
+    self_enrol: bool = True
+    # Whether its version-1 records are refused `bad_signature`: set by its first key,
+    # or by an operator before it has one.
+    signatures_required: bool = False
 
 
 class Credential(NamedTuple):
