@@ -38,4 +38,5 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache playproof.db* playproof.blobs
-	rm -rf playproof.fleet playproof.service.log playproof.operator-token playproof.demo-token
+	rm -rf playproof.fleet playproof.service.log playproof.operator-token playproof.demo-token \
+		playproof.evidence.ndjson playproof.keylog.json

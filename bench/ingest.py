@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/ingest.py --quick            # a smoke run, under a minute
     .venv/bin/python bench/ingest.py --baseline         # the full run, with the ratio
+    .venv/bin/python bench/ingest.py --signed --quick   # signed (v2) against unsigned (v1)
 
 The generator and the server run on the same machine and share its cores.
 """
@@ -34,6 +35,7 @@ import loadgen
 import playproof
 from loadgen import Device, Result
 from playproof.server import admin
+from signed import provision_signed
 
 BENCH = Path(__file__).resolve().parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -320,6 +322,7 @@ def columns(row: Row) -> list[str]:
         fmt_ms(r.latency_ms(1.0)),
         f"{sum(r.errors.values()):,}",
         f"{p.cpu:.0f}%",
+        cpu_per_record(row),
         f"{p.rss:.0f}",
         f"{p.gen_cpu:.0f}%",
         f"{p.other_cpu:.0f}%",
@@ -339,11 +342,37 @@ HEADERS = [
     "max ms",
     "errors",
     "srv CPU",
+    "srv µs/rec",
     "srv RSS MiB",
     "gen CPU",
     "other CPU",
     "gen lag p99 ms",
 ]
+
+
+def cpu_per_record(row: Row) -> str:
+    """The server's CPU time per accepted record, in microseconds (all its threads)."""
+    r, p = row.result, row.probe
+    if not r.tally.accepted or p.cpu != p.cpu:
+        return ""
+    return f"{p.cpu / 100 * r.tally.seconds / r.tally.accepted * 1e6:,.0f}"
+
+
+def signed_lines(rows: list[Row]) -> list[str]:
+    """Signed ingest against unsigned, scenario by scenario (--signed)."""
+    plain = {(r.result.scenario, r.result.params): r for r in rows if r.target == "playproof"}
+    lines = []
+    for row in rows:
+        key = (row.result.scenario, row.result.params)
+        if row.target != "signed" or key not in plain:
+            continue
+        v1, v2 = plain[key], row
+        lines.append(
+            f"{key[0]} {key[1]}: signed {v2.result.rate:,.0f} rec/s, "
+            f"{cpu_per_record(v2)} µs CPU/rec; unsigned {v1.result.rate:,.0f} rec/s, "
+            f"{cpu_per_record(v1)} µs CPU/rec"
+        )
+    return lines
 
 
 def ratio_lines(rows: list[Row]) -> list[str]:
@@ -424,10 +453,13 @@ def check_count(name: str, db_url: str, before: int, rows: list[Row]) -> bool:
     return ok
 
 
-async def run_playproof(args: argparse.Namespace, plan: Plan, workdir: Path) -> Outcome:
-    """Provision, start (unless --server) and drive our service."""
+async def run_playproof(
+    args: argparse.Namespace, plan: Plan, workdir: Path, signed: bool = False
+) -> Outcome:
+    """Provision, start (unless --server) and drive our service (`signed`: version 2)."""
     db_url = args.db or f"sqlite:///{workdir / 'playproof.db'}"
-    devices = await provision_playproof(db_url, device_ids(plan.devices))
+    provision = provision_signed if signed else provision_playproof
+    devices = await provision(db_url, device_ids(plan.devices))
     for device in devices:
         device.screenshots = not args.no_screenshots
     before = count_rows(db_url)
@@ -435,13 +467,14 @@ async def run_playproof(args: argparse.Namespace, plan: Plan, workdir: Path) -> 
     url = server.start() if server else args.server
     pid = server.pid if server else args.server_pid
     console.print(f"playproof at {url} (pid {pid}), db {db_url}", highlight=False)
+    target = "signed" if signed else "playproof"
     try:
-        rows = await drive("playproof", plan, url, pid, devices)
+        rows = await drive(target, plan, url, pid, devices)
     finally:
         if server:
             server.stop()
     show_log(server, rows)
-    return Outcome(rows, check_count("playproof", db_url, before, rows))
+    return Outcome(rows, check_count(target, db_url, before, rows))
 
 
 async def run_baseline(plan: Plan, workdir: Path) -> Outcome:
@@ -474,6 +507,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--server", help="drive an already running service at this URL (needs --db)")
     p.add_argument("--server-pid", type=int, help="its pid, to sample CPU and RSS")
     p.add_argument("--baseline", action="store_true", help="also run the FastAPI baseline")
+    p.add_argument(
+        "--signed",
+        action="store_true",
+        help="also run every scenario with signed (version 2) records, each device its own key",
+    )
     p.add_argument("--clients", type=ints, default=[2, 4, 8], help="HTTP clients, e.g. 2,4,8")
     p.add_argument("--frames", type=ints, default=[1, 10, 100], help="records per stream frame")
     p.add_argument("--connections", type=ints, default=[1, 10, 100], help="stream connections")
@@ -529,13 +567,15 @@ async def main(args: argparse.Namespace) -> int:
     )
     with tempfile.TemporaryDirectory(prefix="playproof-bench-") as tmp:
         outcomes = [await run_playproof(args, plan, Path(tmp))]
+        if args.signed:
+            outcomes.append(await run_playproof(args, plan, Path(tmp), signed=True))
         if args.baseline:
             outcomes.append(await run_baseline(plan, Path(tmp)))
     rows = [row for o in outcomes for row in o.rows]
     print_table(rows)
     if args.markdown:
         print(markdown(rows))
-    for line in ratio_lines(rows):
+    for line in ratio_lines(rows) + signed_lines(rows):
         console.print(line, highlight=False)
     print_errors(rows)
     clean = all(o.counted_ok for o in outcomes) and not any(r.result.errors for r in rows)

@@ -9,6 +9,9 @@ command -v xsetroot >/dev/null 2>&1 || need+=(x11-xserver-utils)
 command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || need+=(chromium)
 # The pipeline's failover tests start their own JetStream cluster with Debian's nats-server.
 command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need+=(nats-server)
+# The real-player tests (issue 16) play clips through Debian's mpv; ffmpeg generates them.
+command -v mpv >/dev/null 2>&1 || need+=(mpv)
+command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]} for the test suite" >&2
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi

@@ -20,6 +20,8 @@ ALLOWED = {
     # What a buyer runs alone on an evidence export: no store, no service.
     "evidence": {"errors", "protocol", "signing", "keylog"},
     "config": {"errors", "protocol", "rules"},
+    # HOST:PORT and a bound socket, for the service and the device's local agent alike.
+    "listen": {"errors"},
     # The pure core of verification, beside the rules: no I/O, nothing above it.
     "catalog": {"errors", "protocol"},
     "imaging": {"errors"},
@@ -39,11 +41,12 @@ ALLOWED = {
         "exports",
         "stores",
     },
-    "device": {"errors", "protocol", "rules", "config", "signing", "device"},
+    "device": {"errors", "protocol", "rules", "config", "signing", "listen", "device"},
     "server": {
         "errors",
         "protocol",
         "rules",
+        "listen",
         "signing",
         "keylog",
         "config",
@@ -64,6 +67,7 @@ ALLOWED = {
         "rules",
         "signing",
         "keylog",
+        "evidence",
         "config",
         "catalog",
         "device",

@@ -430,9 +430,11 @@ def broken_play() -> tuple[Play, Campaign, History]:
         targets=Targets(stores=["store-9"]),
         cap=Cap(plays_per_screen_per_day=1),
         require_screenshot=True,
+        require_panel=True,
         min_quality=90,
     )
     play = make_play(
+        panel_state="unknown",
         content_id="cnt-9",
         supplier_id="sup-9",
         quality=50,
@@ -496,7 +498,39 @@ def test_reasons_are_the_issues_table() -> None:
         "screenshot_blank",
         "screenshot_mismatch",
         "low_quality",
+        "panel_unknown",
     )
+
+
+# --- panel evidence (protocol version 2) -------------------------------------------
+
+PANEL_STATES = st.sampled_from([None, "on", "unknown"])
+
+
+@given(panel_state=PANEL_STATES)
+def test_a_campaign_without_require_panel_never_fails_for_the_panel(
+    panel_state: str | None,
+) -> None:
+    play = make_play(panel_state=panel_state)
+    assert decide(play, make_campaign(), SCREEN, History()) == Decision("verified", ())
+
+
+@given(panel_state=PANEL_STATES)
+def test_require_panel_fails_panel_unknown_exactly_when_the_record_shows_no_panel_state(
+    panel_state: str | None,
+) -> None:
+    play = make_play(panel_state=panel_state)
+    decision = decide(play, make_campaign(require_panel=True), SCREEN, History())
+    # A version-1 record (None) carries no evidence; `unknown` says the device could not tell.
+    expected = ("panel_unknown",) if panel_state in (None, "unknown") else ()
+    assert decision.reasons == expected
+
+
+def test_require_panel_defaults_to_false_and_is_strictly_a_boolean() -> None:
+    doc = msgspec.json.encode(make_campaign())
+    assert msgspec.json.decode(doc, type=Campaign).require_panel is False
+    with pytest.raises(msgspec.ValidationError, match="require_panel"):
+        msgspec.convert({**msgspec.to_builtins(make_campaign()), "require_panel": 1}, Campaign)
 
 
 # --- the screen as the catalog knows it --------------------------------------------

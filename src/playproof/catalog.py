@@ -181,6 +181,9 @@ class Campaign(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     cap: Cap | None = None
     ad_groups: list[AdGroup] = []
     require_screenshot: bool = False
+    # Protocol version 2: only plays whose record shows the panel's state (not `unknown`,
+    # not a version-1 record without any) are billable.
+    require_panel: bool = False
     min_quality: int = 0
     price: Price
     impressions_per_play: ImpressionsPerPlay = ImpressionsPerPlay()

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from playproof import cli_catalog, cli_fleet, cli_reports
+from playproof import cli_catalog, cli_evidence, cli_fleet, cli_keys, cli_reports
 from playproof.cli_common import (
     ConfigOption,
     DbOption,
@@ -42,6 +42,7 @@ app = typer.Typer(
 devices = typer.Typer(help="Register, list and revoke devices.", no_args_is_help=True)
 db = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(devices, name="devices")
+devices.add_typer(cli_keys.keys, name="keys")
 app.add_typer(db, name="db")
 operators = typer.Typer(help="Register, list and revoke operators.", no_args_is_help=True)
 app.add_typer(cli_catalog.catalog, name="catalog")
@@ -50,6 +51,7 @@ for command in (cli_fleet.demo, cli_fleet.simulate, cli_fleet.reconcile):
 app.add_typer(operators, name="operators")
 app.add_typer(cli_reports.report, name="report")
 app.add_typer(cli_catalog.rejects, name="rejects")
+app.command()(__import__("playproof.cli_agent").cli_agent.agent)  # issue 16: the local agent
 
 
 PipelineOption = Annotated[
@@ -100,7 +102,7 @@ def serve(
 ) -> None:
     """Run the ingest service."""
     from playproof.fleet.simclock import service_clock
-    from playproof.server.runner import parse_listen
+    from playproof.listen import parse_listen
     from playproof.server.runner import serve as serve_forever
     from playproof.server.service import Service
     from playproof.stores import open_store
@@ -296,15 +298,60 @@ def player(
     max_plays: Annotated[
         int | None, typer.Option(help="Stop after this many plays (default: never).")
     ] = None,
+    # issue 16: the renderer (mpv plays each item's `media`) -----------------------------
+    renderer: Annotated[str, typer.Option(help="timer (no media) or mpv.")] = "timer",
+    mpv_arg: Annotated[
+        list[str] | None, typer.Option("--mpv-arg", help="An extra mpv option (repeatable).")
+    ] = None,
+    # end of issue 16 -------------------------------------------------------------------
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    signing: Annotated[
+        bool, typer.Option(help="Sign plays (v2) with the key in --data-dir once registered.")
+    ] = True,
+    panel: Annotated[
+        str, typer.Option("--panel", help="Panel state source: drm, cec, mdc or none.")
+    ] = "none",
+    panel_drm_connector: Annotated[
+        str | None, typer.Option(help="DRM connector, e.g. HDMI-A-1 (default: any).")
+    ] = None,
+    panel_drm_root: Annotated[
+        Path, typer.Option(help="Where the DRM connectors are (sysfs).")
+    ] = Path("/sys/class/drm"),
+    panel_cec_device: Annotated[str, typer.Option(help="CEC device for cec-ctl.")] = "/dev/cec0",
+    panel_mdc_host: Annotated[
+        str | None, typer.Option(help="Samsung MDC display address (--panel mdc).")
+    ] = None,
+    panel_mdc_port: Annotated[int, typer.Option(help="Samsung MDC TCP port.")] = 1515,
+    panel_mdc_id: Annotated[int, typer.Option(help="Samsung MDC display id (0-255).")] = 0,
+    panel_mdc_pin: Annotated[
+        str | None,
+        typer.Option(
+            envvar="PLAYPROOF_MDC_PIN", help="MDC secured-protocol PIN (TLS); none: plain MDC."
+        ),
+    ] = None,
+    panel_timeout: Annotated[
+        float, typer.Option(help="Seconds a panel reading may take (late: unknown).")
+    ] = 3.0,
 ) -> None:
     """Play a playlist in a loop and record every play (the reference player)."""
     from playproof.device import DEFAULT_CAPTURE, DeviceConfig, UplinkConfig
+    from playproof.device.panel import PanelConfig, make_source
     from playproof.device.player import load_playlist, run_player
 
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     try:
         items = load_playlist(playlist)
+        panel_options = PanelConfig(
+            timeout_s=panel_timeout,
+            drm_root=panel_drm_root,
+            drm_connector=panel_drm_connector,
+            cec_device=panel_cec_device,
+            mdc_host=panel_mdc_host,
+            mdc_port=panel_mdc_port,
+            mdc_id=panel_mdc_id,
+            mdc_pin=panel_mdc_pin,
+        )
+        make_source(panel, panel_options)  # bad panel settings: one line, before anything
         config = DeviceConfig(
             device_id=device_id,
             store_id=store_id,
@@ -314,8 +361,31 @@ def player(
             capacity=capacity,
             journal_queue_bytes=queue_max_bytes,
             checkpoint_s=checkpoint_interval,
+            signing=signing,
+            panel=panel,
+            panel_options=panel_options,
         )
         capture = DEFAULT_CAPTURE if screenshots else None
+        # issue 16: --renderer mpv ----------------------------------------------------------
+        if renderer not in ("timer", "mpv"):
+            raise fail(f"expected --renderer timer or mpv, got {renderer!r}")
+        if renderer == "mpv":
+            from playproof.device.mpv import run_mpv_player
+
+            if speed != 1.0:
+                raise fail("--speed is for the timer renderer: mpv plays media at its own pace")
+            mpv = run_mpv_player(
+                config,
+                items,
+                playlist.parent,
+                seed=seed,
+                screenshots=screenshots,
+                mpv_args=mpv_arg or (),
+                max_plays=max_plays,
+            )
+            asyncio.run(mpv)
+            return
+        # end of issue 16 -------------------------------------------------------------------
         asyncio.run(
             run_player(config, items, speed=speed, seed=seed, capture=capture, max_plays=max_plays)
         )
@@ -506,6 +576,11 @@ def export_playout(
     """
     query = _export_query(since_last, export_id, from_=from_, to=to)
     _export("playout", query, "", out, skipped, db_url)
+
+
+# --- evidence for buyers (cli_evidence.py): `export evidence`, `verify-evidence` --------
+
+cli_evidence.register(app, export)
 
 
 def _when(ms: int | None) -> str:

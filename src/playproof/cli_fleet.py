@@ -73,6 +73,7 @@ def simulate(
     loops: Share = 0.1,
     crash: Share = 0.05,
     crashes: Annotated[int, typer.Option(help="Crashes per crashing screen, at most.")] = 2,
+    panel_off: Share = 0.0,
     ntp: Annotated[bool, typer.Option(help="Screens with good clocks use the fleet's NTP.")] = True,
     fast_journals: Annotated[
         bool, typer.Option("--fast-journals", help="Simulation only: journals without fsync.")
@@ -98,6 +99,7 @@ def simulate(
         faults = Faults.none() if no_faults else Faults(
             offline, offline_windows, parse_range(offline_length), long_offline, skew,
             parse_duration(skew_max), steps, skip, interrupt, error, loops, crash, crashes,
+            panel_off,
         )  # fmt: skip
         options = FleetOptions(
             devices, parse_duration(duration), devices_dir, seed, faults, parse_range(play_length),

@@ -64,9 +64,14 @@ class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     # so that every earlier commit for that screen has landed; at most this many a turn.
     verify_settle_ms: Annotated[int, Meta(ge=0)] = 5_000
     verify_batch: Annotated[int, Meta(ge=1)] = 200
+    # Threads verifying version-2 signatures (server/signatures.py); 0: one per core.
+    signature_workers: Annotated[int, Meta(ge=0)] = 0
     # The DV360 seller (`sellers/<id>`) of DV360 exports when a request names none;
     # empty: each DV360 export must name one (`seller_id=`, `--seller-id`).
     dv360_seller_id: Annotated[str, Meta(pattern=r"^([A-Za-z0-9._-]{1,64})?$")] = ""
+    # Active (unrevoked) public keys a device may hold at once (PROTOCOL.md section 7):
+    # registering one more is refused 409 until one is revoked.
+    max_device_keys: Annotated[int, Meta(ge=1)] = 4
 
     def __post_init__(self) -> None:
         """Refuse a trusted proxy that is not an address or a network."""

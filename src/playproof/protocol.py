@@ -224,6 +224,13 @@ class Status(msgspec.Struct, kw_only=True):
     evicted: Annotated[int, Meta(ge=0, le=MAX_INT)] = 0
     evicted_ranges: list[tuple[Seq, Seq]] = []
     version: Annotated[str, Meta(max_length=64)] | None = None
+    # Version 2 (section 7): the device key, its registration state and alarm (why it
+    # is not registered), and the panel's last observed state and its source.
+    key_id: Annotated[str, Meta(max_length=64)] | None = None
+    key_state: Annotated[str, Meta(max_length=32)] | None = None
+    key_alarm: Annotated[str, Meta(max_length=1000)] | None = None
+    panel_state: Annotated[str, Meta(max_length=32)] | None = None
+    panel_source: Annotated[str, Meta(max_length=32)] | None = None
 
 
 class _FrameHead(msgspec.Struct):

@@ -12,11 +12,13 @@ from __future__ import annotations
 import hashlib
 from typing import Final, NamedTuple
 
+import msgspec
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from msgspec import UNSET
 
 from playproof.errors import KeyRefused
-from playproof.protocol import SIGNED_VERSION, Record, canonical_bytes
+from playproof.protocol import SIGNED_VERSION, Record, canonical_bytes, encode
 
 # The field prime and the order of the prime-order subgroup (RFC 8032 section 5.1).
 P: Final = 2**255 - 19
@@ -130,18 +132,23 @@ def sign(record: Record, keys: KeyPair) -> Record:
     return record
 
 
-def signature_error(record: Record, public_key: bytes) -> str:
+def signature_error(record: Record, public_key: bytes | Ed25519PublicKey) -> str:
     """Why `record`'s signature does not hold under `public_key` ("" when it does).
 
-    The caller has checked that `key_id` names this key for this device.
+    The caller has checked that `key_id` names this key for this device. The record
+    is only read (its canonical bytes come from a copy), so a worker thread may check
+    a record the event loop owns; a key object may be passed, made once per key.
     """
     if not isinstance(record.sig, str):
         return "expected a signature, got none"
     sig = bytes.fromhex(record.sig)
     if int.from_bytes(sig[32:], "little") >= L:
         return "signature not canonical: S is not below the group order L"
+    if isinstance(public_key, bytes):
+        public_key = Ed25519PublicKey.from_public_bytes(public_key)
+    message = encode(msgspec.structs.replace(record, checksum=UNSET, sig=UNSET))
     try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(sig, canonical_bytes(record))
+        public_key.verify(sig, message)
     except InvalidSignature:
         return f"signature does not verify under key {record.key_id}"
     return ""

@@ -40,6 +40,9 @@ SCREENSHOT_TIMING: Final = "screenshot_timing"
 SCREENSHOT_BLANK: Final = "screenshot_blank"
 SCREENSHOT_MISMATCH: Final = "screenshot_mismatch"
 LOW_QUALITY: Final = "low_quality"
+# Protocol version 2: the campaign requires panel evidence (`require_panel`) and the play
+# has none (its record says `unknown`, or is version 1 and says nothing).
+PANEL_UNKNOWN: Final = "panel_unknown"
 # The issue's table order: reasons are always reported in this order.
 REASONS: Final = (
     UNKNOWN_CAMPAIGN,
@@ -54,6 +57,7 @@ REASONS: Final = (
     SCREENSHOT_BLANK,
     SCREENSHOT_MISMATCH,
     LOW_QUALITY,
+    PANEL_UNKNOWN,
 )
 VERIFIED: Final = "verified"
 FAILED: Final = "failed"
@@ -88,6 +92,9 @@ class Play(NamedTuple):
     received_at: int
     # The store the record names (rollups count by it; decisions use the registered one).
     store_id: str = ""
+    # What the device saw of its panel (protocol version 2); None for a version-1 record.
+    # A valid play's panel was never seen off (that makes a play `partial`).
+    panel_state: str | None = None
 
 
 class Screen(NamedTuple):
@@ -205,6 +212,14 @@ def screenshot_timing_ok(at_ms: int, expected_ms: int) -> bool:
     return SCREENSHOT_FROM_PERCENT * expected_ms <= scaled <= SCREENSHOT_TO_PERCENT * expected_ms
 
 
+def panel_seen(panel_state: str | None) -> bool:
+    """Whether a record carries evidence of the panel's state: version 2, and not `unknown`.
+
+    A version-1 record (None) carries none, so a campaign that requires it cannot bill it.
+    """
+    return panel_state is not None and panel_state != "unknown"
+
+
 def overlaps(play: tuple[int, int], other: tuple[int, int]) -> int:
     """How many milliseconds two intervals `(start, end)` share (0 when apart)."""
     return max(0, min(play[1], other[1]) - max(play[0], other[0]))
@@ -291,6 +306,8 @@ def _campaign_reasons(
         yield OVER_CAP
     if play.quality < campaign.min_quality:
         yield LOW_QUALITY
+    if campaign.require_panel and not panel_seen(play.panel_state):
+        yield PANEL_UNKNOWN
 
 
 def _screenshot_reasons(play: Play, campaign: Campaign, shot: ScreenshotFacts) -> Iterator[str]:

@@ -174,7 +174,10 @@ async def test_a_wall_clock_set_forward_and_back_mid_play_leaves_every_play_whol
         for p in played:
             row = stored[p.record.seq]
             assert row["checksum"] == p.record.checksum
-            assert (row["status"], row["flags"], row["quality"]) == ("valid", "", 100), row
+            # Signed (version 2) by default, with no panel source: `panel_unknown` (-20).
+            assert (row["status"], row["flags"], row["quality"]) == (
+                "valid", "panel_unknown", 80
+            ), row  # fmt: skip
             assert (row["start_ts"], row["end_ts"]) == (p.record.start_ts, p.record.end_ts)
         assert rejects(db_url, "scr-steps") == []
         assert status["clock_steps"] == 2 * ROUNDS, "the steps are counted in status"
@@ -301,7 +304,7 @@ async def test_plays_held_offline_past_4_hours_are_rejected_stale_and_audited_no
             row = stored.get(r.seq)
             assert row is not None, f"seq {r.seq} ({r.end_ts}) accepted, stored"
             assert (row["checksum"], row["status"], row["flags"]) == (
-                r.checksum, "valid", "clock_unsynced"
+                r.checksum, "valid", "clock_unsynced,panel_unknown"
             ), row  # fmt: skip
         for r in outage.stale:
             assert r.seq not in stored, f"seq {r.seq} is stale, not counted"

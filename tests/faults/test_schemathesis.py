@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -25,8 +26,13 @@ from tests.support import ServerProcess, client, provision
 # currencies, no line breaks) and a reference must be a decodable image of a booked
 # content. tests/test_catalog.py (hypothesis) and tests/server/test_verification.py test
 # those routes; they stay in the document, so that a 405's `Allow` is checked against it.
-schema = schemathesis.openapi.from_dict(json.loads(openapi.document())).exclude(
-    method="PUT", path_regex="^/v1/(catalog|contents/)"
+schema = (
+    schemathesis.openapi.from_dict(json.loads(openapi.document()))
+    .exclude(method="PUT", path_regex="^/v1/(catalog|contents/)")
+    # Registering a key is not fuzzed either: a valid key hashes to the path's key id and is
+    # a canonical point of large order, which no schema says; tests/server/test_keys.py
+    # drives those routes with the protocol's vectors and real keys.
+    .exclude(method="PUT", path_regex="^/v1/devices/([^/]+/)?keys/")
 )
 
 load_all_checks()
@@ -38,6 +44,7 @@ DAY_MS = 86_400_000
 def map_case(context: schemathesis.HookContext, case: Case) -> Case:
     """Valid requests made valid also in what JSON Schema cannot say (the spec says it in
     words, and the service answers 400 for each): the rest of the request is left as drawn."""
+    _http_level_headers_dropped(case)
     if case.meta is None or not case.meta.generation.mode.is_positive:
         return case
     body = getattr(case.body, "data", case.body)  # schemathesis wraps binary bodies
@@ -61,6 +68,23 @@ def map_case(context: schemathesis.HookContext, case: Case) -> Case:
         if page and int(case.query.get("limit", 1)) > 1000:
             case.query["limit"] = 1000
     return case
+
+
+# Headers HTTP itself frames the message with: drawn at random (an empty Content-Length,
+# say) they make the request malformed, and uvicorn answers its own plain-text 400 before
+# the service sees it. That answer is the HTTP server's, not the document's.
+_FRAMING = frozenset(("content-length", "transfer-encoding", "host", "connection", "upgrade"))
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _http_level_headers_dropped(case: Case) -> None:
+    if not case.headers:
+        return
+    case.headers = {
+        name: value
+        for name, value in case.headers.items()
+        if _TOKEN.fullmatch(name) and name.lower() not in _FRAMING
+    }
 
 
 def _one_export(path: str, query: dict[str, Any]) -> dict[str, Any]:

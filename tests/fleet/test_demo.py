@@ -15,6 +15,8 @@ from pathlib import Path
 
 from tests.support import free_port
 
+PLAYPROOF = (sys.executable, "-m", "playproof")
+
 
 class Output:
     """A process's output lines, collected as they come."""
@@ -132,3 +134,20 @@ def test_the_demo_breaks_its_catalog_on_purpose_and_shows_the_reasons(tmp_path: 
     assert f"they are now: {late.group(2)} verified" in text
     assert "CLEAN" in text
     assert (tmp_path / "playproof.fleet" / "catalog.json").is_file()
+    # The screens sign (version 2) and the export checks out offline, as a buyer checks it.
+    evidence = next(line for line in text.splitlines() if "evidence" in line and "offline" in line)
+    assert "evidence confirmed offline" in evidence and " good" in evidence, evidence
+    assert "the key log's chain holds" in evidence, evidence
+    again = subprocess.run(
+        [
+            *PLAYPROOF,
+            "verify-evidence",
+            "playproof.evidence.ndjson",
+            "--keys",
+            "playproof.keylog.json",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert again.returncode == 0, again.stdout + again.stderr

@@ -24,20 +24,32 @@ from websockets.asyncio.client import connect
 from playproof.pipeline.loader import wait_loaded
 from playproof.pipeline.settings import parse
 from playproof.pipeline.sink import JetStreamSink
+from playproof.protocol import Record
 from playproof.rules import HOUR_MS
+from playproof.signing import KeyPair, sign
 from tests.pipeline.conftest import delete_streams, pipeline_url
 from tests.pipeline.processes import LoaderProcess, impressions, wait_for_rows
 from tests.pipeline.servers import NatsServer, require_nats_server
+from tests.server.reporting import operator_token
 from tests.stores.pipeline import batch
-from tests.support import ServerProcess, client, envelope, free_port, make_record, now_ms, provision
+from tests.support import (
+    ServerProcess,
+    client,
+    envelope,
+    free_port,
+    make_record,
+    now_ms,
+    provision,
+    record_fields,
+)
 
 pytestmark = [pytest.mark.nats, pytest.mark.postgres]
 
 
-def post(url: str, token: str, records: list[Any]) -> httpx.Response:
-    """POST one batch of records as scr-1."""
+def post(url: str, token: str, records: list[Any], device_id: str = "scr-1") -> httpx.Response:
+    """POST one batch of records as `device_id`."""
     with client(url, token) as http:
-        return http.post("/v1/impressions/batch", json=envelope(records))
+        return http.post("/v1/impressions/batch", json=envelope(records, device_id))
 
 
 def results(response: httpx.Response) -> list[str]:
@@ -202,3 +214,42 @@ def test_a_loader_killed_mid_load_leaves_its_batch_to_the_next(pg_url: str) -> N
     with psycopg.connect(pg_url) as conn:
         rejects = conn.execute("SELECT count(*), sum(times) FROM rejects").fetchone()
     assert rejects == (40, 40)
+
+
+def test_through_jetstream_a_resend_after_revocation_is_a_duplicate_and_never_a_conflict(
+    pg_url: str, js_url: str
+) -> None:
+    """PROTOCOL.md section 7's order holds in pipeline mode too: duplicate before
+    bad_signature, and bad_signature before conflict."""
+    token = provision(pg_url, "scr-signed-js")
+    operator = operator_token(pg_url, "ops-js")
+    keys = KeyPair.generate()
+    end = now_ms() - 2_000
+
+    def signed(seq: int, duration_ms: int = 15_000) -> Any:
+        record = Record(**record_fields(device_id="scr-signed-js", seq=seq, end_ts=end))
+        record.duration_ms = duration_ms
+        record.panel_state, record.panel_source = "on", "drm"
+        return sign(record, keys)
+
+    first = signed(1)
+    with ServerProcess(pg_url, "--pipeline", js_url) as server:
+        with httpx.Client(base_url=server.url) as http:
+            put = http.put(
+                f"/v1/devices/keys/{keys.key_id}",
+                json={"public_key": keys.public.hex()},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            assert put.status_code == 201, put.text
+            assert results(post(server.url, token, [first], "scr-signed-js")) == ["accepted"]
+            revoked = http.post(
+                f"/v1/devices/scr-signed-js/keys/{keys.key_id}/revoke",
+                headers={"Authorization": f"Bearer {operator}"},
+            )
+            assert revoked.status_code == 200, revoked.text
+        assert results(post(server.url, token, [first], "scr-signed-js")) == ["duplicate"]
+        # The same key, another checksum: refused for its key, not a conflict.
+        other = post(server.url, token, [signed(1, duration_ms=14_000)], "scr-signed-js").json()[
+            "acks"
+        ][0]
+        assert (other["result"], other["reason"]) == ("rejected", "bad_signature")

@@ -201,3 +201,35 @@ def test_a_journal_under_the_gap_cap_is_not_suspect(screen: Screen) -> None:
     mine = screen.listed()
     assert mine["suspect"] is False and "suspect" not in mine["problems"]
     assert screen.detail()["journals"][0]["suspect"] is False
+
+
+def test_health_shows_the_key_and_panel_a_device_reports_and_names_their_problems(
+    screen: Screen,
+) -> None:
+    """Protocol version 2's status fields reach device health: a key in alarm and a
+    display seen off are problems the dashboard highlights."""
+    status = {
+        "type": "status",
+        "device_id": screen.device_id,
+        "sent_at": now_ms(),
+        "key_id": "a9f14be0b3168b16",
+        "key_state": "too_many_keys",
+        "key_alarm": "key registration failed (HTTP 409)",
+        "panel_state": "standby",
+        "panel_source": "cec",
+    }
+    with client(screen.server.url, screen.token) as http:
+        assert http.post("/v1/devices/status", json=status).status_code == 204
+    mine = screen.listed()
+    shown = {k: mine[k] for k in ("key_id", "key_state", "panel_state", "panel_source")}
+    assert shown == {
+        "key_id": "a9f14be0b3168b16",
+        "key_state": "too_many_keys",
+        "panel_state": "standby",
+        "panel_source": "cec",
+    }
+    assert {"key_alarm", "panel_off"} <= set(mine["problems"])
+    status.update(sent_at=now_ms(), key_state="acknowledged", key_alarm=None, panel_state="on")
+    with client(screen.server.url, screen.token) as http:
+        assert http.post("/v1/devices/status", json=status).status_code == 204
+    assert not {"key_alarm", "panel_off"} & set(screen.listed()["problems"])

@@ -396,11 +396,20 @@ def test_healthz_and_openapi_describe_every_http_route(server: ServerProcess) ->
         "/v1/exports/playout",
         "/v1/exports/{export_id}",
         "/v1/exports/{export_id}/skipped",
+        "/v1/exports/evidence",
         # The catalog and the verifier's queue (tests/server/test_verification.py).
         "/v1/catalog",
         "/v1/contents/{content_id}/reference",
         "/v1/contents/{content_id}/references/{sha256}",
         "/v1/verification",
+        # Device keys and the key log (tests/server/test_keys.py).
+        "/v1/devices/keys/{key_id}",
+        "/v1/devices/{device_id}/keys",
+        "/v1/devices/{device_id}/keys/{key_id}",
+        "/v1/devices/{device_id}/keys/{key_id}/revoke",
+        "/v1/devices/{device_id}/keys/lock",
+        "/v1/devices/{device_id}/keys/require",
+        "/v1/keys",
     }
     assert "checksum" in doc["components"]["schemas"]["Record"]["required"]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 from collections.abc import Iterator
@@ -75,6 +76,12 @@ async def test_a_device_holds_at_most_its_share_of_stream_connections(
         connect(url, additional_headers=auth) as one,
         connect(url, additional_headers=auth) as two,
     ):
+        # The handshake completes before the token lookup and the admission: an answered
+        # frame proves each of the first two admitted, so the third is the one refused
+        # (without this, concurrent lookups let the third in first, now and then).
+        for i, ws in enumerate((one, two)):
+            await ws.send(json.dumps({"id": i, **envelope([], "scr-conns")}))
+            assert "acks" in json.loads(await asyncio.wait_for(ws.recv(), 10))
         async with connect(url, additional_headers=auth) as three:
             with pytest.raises(ConnectionClosed) as closed:
                 await asyncio.wait_for(three.recv(), 5)

@@ -7,12 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import msgspec
 import psycopg
 
 from playproof.rules import DEFAULT_POLICY
 from playproof.server.replay import replay
+from playproof.signing import KeyPair
 from playproof.stores import open_store
-from playproof.stores.base import Store
+from playproof.stores.base import DeviceInfo, Store
 from tests.server.test_committer import commit_as_one_group, poison
 from tests.stores.conftest import query
 from tests.stores.pipeline import batch
@@ -102,3 +104,18 @@ def test_the_command_line_replays_and_prints_the_outcomes(tmp_path: Path) -> Non
     )
     assert done.stdout.splitlines() == ["rejected:invalid\t1"]
     assert "replayed 1 rejects of reason 'invalid'" in done.stderr
+
+
+async def test_a_replay_never_accepts_what_the_devices_keys_refuse(store: Store) -> None:
+    """A version-1 record from a device that signs stays refused on replay, whatever the
+    rules now say of the reason it was first rejected for (PROTOCOL.md section 7)."""
+    keys = KeyPair.generate()
+    await store.add_device(DeviceInfo("scr-sig", "store-1", 0, None), "hash-scr-sig")
+    await store.register_key(
+        "scr-sig", keys.key_id, keys.public.hex(), 0, "device", by_operator=False
+    )
+    old = make_record(device_id="scr-sig", seq=1, end_ts=now_ms() - 5 * 3_600_000)
+    await store.commit([batch([old], "scr-sig")])  # stale, judged without its device's keys
+    lenient = msgspec.structs.replace(DEFAULT_POLICY, offline_limit_ms=24 * 3_600_000)
+    assert await replay(store, "stale", 0, lenient, now_ms()) == {"rejected:bad_signature": 1}
+    assert await query(store, "SELECT count(*) FROM impressions") == [(0,)]

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Final, NamedTuple, TypeVar
 
 import msgspec
+from msgspec import UNSET
 
 from playproof.device import eviction
 from playproof.device import ledger as ledgers
@@ -49,7 +50,7 @@ from playproof.device.journalfile import (
     transaction,
 )
 from playproof.errors import JournalError
-from playproof.protocol import Record, record_json, seal
+from playproof.protocol import VERSION, Record, record_json, seal
 
 # Names other modules (and older callers) import from here.
 __all__ = [
@@ -65,6 +66,7 @@ __all__ = [
     "checksum_present",
     "decode_provisional",
     "prepare_folder",
+    "seal_v1",
 ]
 
 log = logging.getLogger(__name__)
@@ -119,6 +121,9 @@ class Journal:
         self._bytes = self._queued_bytes()
         self.reset_reason: str | None = None
         self.recovered: list[Record] = []
+        # How plays a crash left open are sealed (keys.DeviceKey.seal_recovered signs
+        # them once the device key is acknowledged).
+        self.reseal: Callable[[Record], Record] = seal_v1
 
     # --- opening ------------------------------------------------------------
 
@@ -134,6 +139,7 @@ class Journal:
         synchronous: str = "full",
         keep_ms: int = DEFAULT_KEEP_MS,
         queue_max_bytes: int = DEFAULT_QUEUE_BYTES,
+        reseal: Callable[[Record], Record] | None = None,
     ) -> Journal:
         """Open (or create) the journal in `data_dir` and close plays a crash left open.
 
@@ -149,7 +155,7 @@ class Journal:
             bounds = Bounds(capacity, keep_ms, queue_max_bytes).check()
         except ValueError as exc:
             raise JournalError(str(exc)) from None
-        args = (data_dir, device_id, bounds, max_bytes, retention_ms, synchronous)
+        args = (data_dir, device_id, bounds, max_bytes, retention_ms, synchronous, reseal)
         return await run_blocking(cls._open_sync, *args)
 
     @classmethod
@@ -161,6 +167,7 @@ class Journal:
         max_bytes: int | None,
         retention_ms: int,
         synchronous: str,
+        reseal: Callable[[Record], Record] | None = None,
     ) -> Journal:
         path = prepare_folder(data_dir) / JOURNAL_FILE
         reset_reason = None
@@ -174,6 +181,8 @@ class Journal:
         journal = cls(conn, path, bounds, retention_ms)
         hold_reserve(data_dir)
         journal.reset_reason = reset_reason
+        if reseal is not None:
+            journal.reseal = reseal
         journal._check_owner(device_id)
         journal._limit_size(max_bytes)
         journal._write(ledgers.ensure)
@@ -202,8 +211,7 @@ class Journal:
         for (body,) in rows:
             record = decode_provisional(body)
             record.end_reason = "device_restart"
-            seal(record)
-            records.append(record)
+            records.append(self.reseal(record))
         if records:
             self._write(lambda c: _seal_rows(c, records))
             self._bytes = self._queued_bytes()
@@ -405,6 +413,17 @@ class Journal:
         count: int = self._conn.execute(sql, (end_ts,)).fetchone()[0]
         return count
 
+    async def has_unsigned(self) -> bool:
+        """Whether a version-1 record waits for delivery (see keys.Registrar)."""
+        return await run_blocking(self._locked, self._has_unsigned)
+
+    def _has_unsigned(self) -> bool:
+        sql = (
+            "SELECT 1 FROM plays WHERE state = 'ready' "
+            "AND json_extract(CAST(body AS TEXT), '$.v') = 1 LIMIT 1"
+        )
+        return self._conn.execute(sql).fetchone() is not None
+
     @property
     def last_seq(self) -> int:
         """The highest sequence ever allocated by this journal."""
@@ -488,6 +507,13 @@ def decode_provisional(body: bytes) -> Record:
         return msgspec.json.decode(body, type=Record)
     except msgspec.ValidationError as exc:
         raise JournalError(f"a journal row does not hold a record: {exc}") from None
+
+
+def seal_v1(record: Record) -> Record:
+    """Seal `record` as version 1: the version-2 fields removed, the checksum set."""
+    record.v = VERSION
+    record.key_id = record.sig = record.panel_state = record.panel_source = UNSET
+    return seal(record)
 
 
 def look_back(journal: Journal, cursor: int) -> int:

@@ -38,6 +38,9 @@ class PlaylistItem(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     supplier_id: Id
     duration_ms: Annotated[int, Meta(ge=1, le=MAX_INT)]
     skip_probability: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.0
+    # issue 16: the file `--renderer mpv` plays (relative to the playlist's folder);
+    # the timer renderer ignores it, so old playlists and new ones both load.
+    media: str | None = None
 
 
 class Playlist(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -174,11 +177,15 @@ async def run_player(
     except JournalError:
         await device.close(flush_timeout_s=0)
         raise
+    health = device.health()
     log.info(
-        "player running: device %s journal %s next seq %d",
+        "player running: device %s journal %s next seq %d key %s (%s) panel %s",
         config.device_id,
         device.journal.journal_id,
         device.journal.last_seq + 1,
+        health.get("key_id", "-"),
+        health["key_state"],
+        health["panel_source"],
     )
     player = Player(device, playlist, speed=speed, rng=rng)
     try:

@@ -4,7 +4,8 @@
 persisted in one transaction) before it returns; while it plays, progress is
 checkpointed every few seconds, so that a crash leaves a `device_restart`
 record with the duration up to the last checkpoint; `Play.end` seals the record
-(checksum) and hands it to delivery.
+and hands it to delivery: version 2 (signed, with the worst panel state observed)
+once the device key is acknowledged, version 1 until then (keys.py, panel.py).
 
 Times: `duration_ms` is monotonic. `start_ts` is the corrected wall clock at
 the start. `end_ts` uses the same offset as `start_ts` (the record's
@@ -23,14 +24,24 @@ from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
 import msgspec
-from msgspec import Meta
+from msgspec import UNSET, Meta
 
 from playproof.device.backoff import wait_event
 from playproof.device.clock import Clock, Stamp
-from playproof.device.journal import Journal
+from playproof.device.journal import Journal, seal_v1
+from playproof.device.keys import DeviceKey
+from playproof.device.panel import PanelMonitor, PlayPanel
 from playproof.device.screenshot import CaptureSource, ScreenshotStore, screenshot_moment
 from playproof.errors import DeviceError, JournalError, RecordError
-from playproof.protocol import MAX_INT, EndReason, Id, Record, decode_record, record_json, seal
+from playproof.protocol import (
+    MAX_INT,
+    EndReason,
+    Id,
+    Record,
+    decode_record,
+    record_json,
+    seal,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +77,13 @@ class Recorder:
         capture: CaptureSource | None = None,
         shots: ScreenshotStore | None = None,
         rng: random.Random | None = None,
+        key: DeviceKey | None = None,
+        panel: PanelMonitor | None = None,
     ) -> None:
         self.journal = journal
+        # Signing (None: every play sealed version 1) and the panel's observer.
+        self.key = key
+        self.panel = panel
         self.clock = clock
         self.store_id = store_id
         self.checkpoint_s = checkpoint_s
@@ -83,10 +99,37 @@ class Recorder:
         """Record that `content` starts now; durable before this returns."""
         await self._retry_unsaved()
         stamp = at or self.clock.stamp()
-        record = await self.journal.begin(self._opening(content, stamp))
-        play = Play(self, content, record, stamp)
+        # The panel is read in the background: the start is journaled without waiting.
+        panel = PlayPanel(self.panel) if self.panel is not None else None
+        try:
+            record = await self.journal.begin(self._opening(content, stamp))
+        except BaseException:
+            if panel is not None:
+                panel.close()
+            raise
+        play = Play(self, content, record, stamp, panel)
         self._open.add(play)
         return play
+
+    def seal(self, record: Record) -> Record:
+        """Seal a finished record: version 2 with an acknowledged key, else version 1."""
+        return self.key.seal(record) if self.key is not None else seal_v1(record)
+
+    def sealing(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """Around a seal and its store: waits (bounded) while the key is being registered."""
+        return self.key.gate.sealing() if self.key is not None else contextlib.nullcontext()
+
+    def soonest_end_s(self) -> float | None:
+        """Seconds until the first open play is due to end (None with none open)."""
+        if not self._open:
+            return None
+        due = min(p.content.expected_ms - p.elapsed_ms() for p in self._open)
+        return due / 1000 / self.clock.rate
+
+    @property
+    def unsaved_unsigned(self) -> int:
+        """Version-1 records sealed and not yet stored (a full disk): not yet delivered."""
+        return sum(1 for r in self._unsaved if r.v == 1)
 
     def _opening(self, content: Content, stamp: Stamp) -> Record:
         """The provisional record of a play just started: what a crash now would leave."""
@@ -149,6 +192,10 @@ class Recorder:
         for play in self._open:
             for task in play._tasks:
                 task.cancel()
+            if play._panel_task is not None:
+                play._panel_task.cancel()
+            if play._panel is not None:
+                play._panel.close()
         self._open.clear()
         self._unsaved.clear()
 
@@ -179,8 +226,16 @@ class Recorder:
 class Play:
     """A play under way; end it once with `end`."""
 
-    def __init__(self, recorder: Recorder, content: Content, record: Record, start: Stamp) -> None:
+    def __init__(
+        self,
+        recorder: Recorder,
+        content: Content,
+        record: Record,
+        start: Stamp,
+        panel: PlayPanel | None = None,
+    ) -> None:
         self._recorder = recorder
+        self._panel = panel
         self.content = content
         self._record = record
         self._start = start
@@ -192,6 +247,11 @@ class Play:
         moment = self._moment()
         if moment is not None:
             self._tasks.append(asyncio.create_task(self._screenshot(moment)))
+        # With no screenshot moment the panel is observed mid-play instead. Kept
+        # apart from `_tasks`, whose tail is the scheduled capture.
+        self._panel_task: asyncio.Task[None] | None = None
+        if panel is not None and moment is None:
+            self._panel_task = asyncio.create_task(self._observe_panel(content.expected_ms // 2))
 
     def __repr__(self) -> str:
         """The play's sequence and content."""
@@ -224,14 +284,43 @@ class Play:
         stamp = at or self._recorder.clock.stamp()
         self._ended.set()
         await self._settle_screenshot()
+        if self._panel_task is not None:
+            self._panel_task.cancel()
         async with self._lock:
-            record = seal(self._progress(stamp, reason))
-            await self._recorder._closed(self, record)
+            record = self._progress(stamp, reason)
+            if self._panel is not None:
+                record.panel_state = self._panel.at_end()
+            async with self._recorder.sealing():
+                record = self._recorder.seal(record)
+                await self._recorder._closed(self, record)
         return record
 
     async def end_if_open(self, reason: EndReason) -> Record | None:
         """End the play unless it has ended already."""
         return None if self.ended else await self.end(reason)
+
+    # --- issue 16: a screenshot handed in by the player (agent, mpv, kiosk) ---------
+    async def attach_screenshot(self, png: bytes) -> str:
+        """Keep `png` as this play's proof screenshot, taken now; a scheduled capture is dropped.
+
+        For players whose frame is better than the screen's (off-screen rendering, a
+        canvas): the picture counts from this moment, like a capture would.
+        """
+        shots = self._recorder.shots
+        if shots is None:
+            raise DeviceError("this device keeps no screenshots (opened with capture=None)")
+        if self.ended:
+            raise DeviceError(f"play {self.seq} has already ended")
+        taken_at = self.elapsed_ms()
+        sha = await shots.put(png)
+        for task in self._tasks[1:]:  # [0] checkpoints; the rest is the scheduled capture
+            task.cancel()
+        self._shot = (sha, taken_at)
+        self._recorder.on_screenshot()
+        await self._checkpoint()
+        return sha
+
+    # --- end of issue 16 --------------------------------------------------------------
 
     async def next_pass(self) -> Play:
         """End this pass `completed` and start the next at the same instant."""
@@ -251,6 +340,11 @@ class Play:
         )
         if self._shot is not None:
             record.screenshot_sha256, record.screenshot_at_ms = self._shot
+        if self._panel is not None:
+            # Checkpointed too: a crash keeps what was seen (recovery adds `unknown`).
+            so_far = self._panel.so_far()
+            record.panel_state = UNSET if so_far is None else so_far
+            record.panel_source = self._panel.monitor.name
         return record
 
     async def _checkpoints(self) -> None:
@@ -280,12 +374,19 @@ class Play:
             return
         taken_at = self.elapsed_ms()
         self._capturing = True
+        if self._panel is not None:
+            self._panel.observe()
         sha = await self._take()
         if sha is None:
             return
         self._shot = (sha, taken_at)
         self._recorder.on_screenshot()
         await self._checkpoint()
+
+    async def _observe_panel(self, moment_ms: int) -> None:
+        wait_s = (moment_ms - self.elapsed_ms()) / 1000 / self._recorder.clock.rate
+        if not await wait_event(self._ended, wait_s) and self._panel is not None:
+            self._panel.observe()
 
     async def _take(self) -> str | None:
         capture, shots = self._recorder.capture, self._recorder.shots

@@ -17,14 +17,16 @@ import logging
 import random
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
 from playproof.device.clock import Clock, parse_server
-from playproof.device.journal import DEFAULT_CAPACITY, DEFAULT_QUEUE_BYTES, Journal
+from playproof.device.journal import DEFAULT_CAPACITY, DEFAULT_QUEUE_BYTES, JOURNAL_FILE, Journal
+from playproof.device.keys import DeviceKey
 from playproof.device.ledger import DEFAULT_RETENTION_MS
+from playproof.device.panel import NoPanel, PanelConfig, PanelMonitor, PanelSource, make_source
 from playproof.device.recorder import DEFAULT_CHECKPOINT_S, Content, Loop, Play, Recorder
 from playproof.device.screenshot import (
     DEFAULT_MAX_BYTES,
@@ -33,7 +35,7 @@ from playproof.device.screenshot import (
     default_capture,
 )
 from playproof.device.transport import UplinkConfig
-from playproof.device.uplink import Uplink
+from playproof.device.uplink import Uplink, device_health
 from playproof.protocol import Record
 from playproof.rules import DEFAULT_POLICY, Policy
 
@@ -73,6 +75,12 @@ class DeviceConfig:
     ledger_retention_ms: int = DEFAULT_RETENTION_MS
     # Simulations only ("off": commits not on disk when they return; see docs/fleet.md).
     journal_synchronous: str = "full"
+    # Protocol version 2: a key in `data_dir` (made with the journal), registered with
+    # the service; plays are signed once it is acknowledged (keys.py).
+    signing: bool = True
+    # The panel source (`--panel`): drm, cec, mdc or none, and its settings (panel.py).
+    panel: str = "none"
+    panel_options: PanelConfig = field(default_factory=PanelConfig)
 
 
 class Device:
@@ -91,6 +99,8 @@ class Device:
         self.clock = clock
         self.recorder = recorder
         self.uplink = uplink
+        self.key = recorder.key
+        self.panel = recorder.panel
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
 
@@ -102,9 +112,19 @@ class Device:
         capture: CaptureChoice = DEFAULT_CAPTURE,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        panel: PanelSource | None = None,
     ) -> Device:
-        """Open the journal (closing plays a crash left open), sync once, start delivery."""
+        """Open the journal (closing plays a crash left open), sync once, start delivery.
+
+        `panel` takes a panel source of the player's own (a display vendor's API);
+        without it `config.panel` names one.
+        """
         rng = rng or random.Random()
+        source = panel if panel is not None else make_source(config.panel, config.panel_options)
+        key = None
+        if config.signing:
+            existed = (config.data_dir / JOURNAL_FILE).exists()
+            key = await DeviceKey.open(config.data_dir, existed, source.name)
         journal = await Journal.open(
             config.data_dir,
             config.device_id,
@@ -114,9 +134,10 @@ class Device:
             synchronous=config.journal_synchronous,
             keep_ms=config.policy.offline_limit_ms,
             queue_max_bytes=config.journal_queue_bytes,
+            reseal=key.seal_recovered if key is not None else None,
         )
         try:
-            return await cls._assemble(config, journal, capture, clock, rng)
+            return await cls._assemble(config, journal, capture, clock, rng, key, source)
         except BaseException:
             await journal.aclose()
             raise
@@ -129,8 +150,18 @@ class Device:
         capture: CaptureChoice,
         clock: Clock | None,
         rng: random.Random,
+        key: DeviceKey | None,
+        panel_source: PanelSource,
     ) -> Device:
         clock = clock or _clock(config)
+        # `none` needs no observer: its state is always `unknown` (and a fleet
+        # simulator saves a task per screen).
+        monitor = None
+        if not isinstance(panel_source, NoPanel):
+            options = config.panel_options
+            monitor = PanelMonitor(
+                panel_source, timeout_s=options.timeout_s, interval_s=options.interval_s
+            )
         source = default_capture() if isinstance(capture, _Default) else capture
         shots = await _shots(config, source)
         recorder = Recorder(
@@ -141,8 +172,10 @@ class Device:
             capture=source,
             shots=shots,
             rng=rng,
+            key=key,
+            panel=monitor,
         )
-        uplink = _uplink(config, journal, clock, shots, rng)
+        uplink = _uplink(config, journal, clock, shots, rng, recorder)
         device = cls(config, journal, clock, recorder, uplink)
         await device._start()
         return device
@@ -151,11 +184,16 @@ class Device:
         # One sync before the first play, so that it can already be clock_synced.
         await self.clock.sync()
         self._spawn(self.clock.run(sync_first=False))
+        if self.panel is not None:
+            self._spawn(self.panel.run())
         if self.uplink is not None:
             self.recorder.on_record = self.uplink.notify
             self.recorder.on_screenshot = self.uplink.notify_screenshot
             self.clock.on_change = self.uplink.notify_status
             self._spawn(self.uplink.run())
+            # Before the first play: a new screen's key is acknowledged before it seals
+            # anything, so that every play it records is signed (keys.Registrar.first).
+            await self.uplink.register_first()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro)
@@ -185,9 +223,13 @@ class Device:
         """The status message this device would send now."""
         if self.uplink is None:
             stats = await self.journal.stats()
-            return {"device_id": self.config.device_id, **stats._asdict()}
+            return {"device_id": self.config.device_id, **stats._asdict(), **self.health()}
         message, _ = await self.uplink.status()
         return message
+
+    def health(self) -> dict[str, Any]:
+        """The key's id, registration state and alarm, and the panel's last state."""
+        return device_health(self.key, self.panel)
 
     # --- closing ------------------------------------------------------------
 
@@ -200,11 +242,14 @@ class Device:
         flushed = True
         if self.uplink is not None:
             flushed = await self.uplink.drain(flush_timeout_s)
+            await self.uplink.settle_registration()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.uplink.send_status(), 1.0)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.panel is not None:
+            await self.panel.aclose()
         await self.journal.aclose()
         return flushed
 
@@ -224,6 +269,8 @@ class Device:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.panel is not None:
+            await self.panel.aclose()
         await self.journal.aclose()
 
     async def __aenter__(self) -> Device:
@@ -260,10 +307,22 @@ def _uplink(
     clock: Clock,
     shots: ScreenshotStore | None,
     rng: random.Random,
+    recorder: Recorder,
 ) -> Uplink | None:
     if config.uplink is None:
         return None
-    return Uplink(config.uplink, journal, clock, shots=shots, policy=config.policy, rng=rng)
+    return Uplink(
+        config.uplink,
+        journal,
+        clock,
+        shots=shots,
+        policy=config.policy,
+        rng=rng,
+        key=recorder.key,
+        panel=recorder.panel,
+        unsaved_unsigned=lambda: recorder.unsaved_unsigned,
+        soonest_end=recorder.soonest_end_s,
+    )
 
 
 def _report_crash(task: asyncio.Task[None]) -> None:

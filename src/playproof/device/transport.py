@@ -51,6 +51,8 @@ class UplinkConfig:
     backoff_cap_s: float = 5.0
     auth_backoff_s: float = 300.0
     refused_backoff_s: float = 120.0
+    # A key registration refused (403, 409, 400) is tried again this rarely (jittered).
+    key_retry_s: float = 300.0
     stream_retry_s: float = 30.0
     status_interval_s: float = 60.0
     version: str = __version__

@@ -8,6 +8,9 @@ first as soon as a transport answers. Records leave the journal only on a final
 ack; everything else is sent again. Bad credentials and refused requests are
 surfaced (state, last_error, status messages) and retried slowly.
 
+The device key is registered here too (keys.Registrar), once the journal holds no
+undelivered version-1 record; a refusal is an alarm in status, not a crash.
+
 Status messages go out every `status_interval_s` and on change. The stream's
 status frames get no answer, so a status that reports evictions goes by HTTP,
 whose 204 says it was stored; only then are those evictions forgotten.
@@ -22,7 +25,7 @@ import logging
 import random
 import ssl
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
 import httpx
@@ -34,7 +37,9 @@ from playproof.device.backoff import Backoff, wait_event
 from playproof.device.blocking import run_blocking
 from playproof.device.clock import Clock
 from playproof.device.journal import EvictedRange, Journal, Pending, look_back
+from playproof.device.keys import REGISTER_TIMEOUT_S, SEAL_WAIT_S, DeviceKey, Registrar
 from playproof.device.ledger import outcome_of
+from playproof.device.panel import PanelMonitor
 from playproof.device.screenshot import ScreenshotStore
 from playproof.device.stream import IDLE_POLL_S, StreamSession
 from playproof.device.transport import (
@@ -78,8 +83,20 @@ class Uplink:
         shots: ScreenshotStore | None = None,
         policy: Policy = DEFAULT_POLICY,
         rng: random.Random | None = None,
+        key: DeviceKey | None = None,
+        panel: PanelMonitor | None = None,
+        unsaved_unsigned: Callable[[], int] | None = None,
+        soonest_end: Callable[[], float | None] | None = None,
     ) -> None:
         self.config = config
+        self.key = key
+        self.panel = panel
+        # Version-1 records sealed but not yet in the journal (the recorder's retries).
+        self._unsaved_unsigned = unsaved_unsigned or (lambda: 0)
+        # When the first open play is due to end (seconds; None: none open).
+        self._soonest_end = soonest_end or (lambda: None)
+        # Set by every ack: the registrar waits on it for version-1 records to leave.
+        self.delivered = asyncio.Event()
         self.journal = journal
         self.clock = clock
         self.shots = shots
@@ -106,6 +123,12 @@ class Uplink:
         self.offline = False
         # Called with each stream frame's round trip, in real seconds (benchmarks).
         self.on_round_trip: Callable[[float], None] | None = None
+        # Set once `run` has made its first registration attempt (keys.Registrar.first).
+        self._first_attempt = asyncio.Event()
+        # Registers the device key until acknowledged (None: nothing to register).
+        self._registration = (
+            self._registrar(key) if key is not None and not key.acknowledged else None
+        )
 
     # --- signals from the recorder and the clock ---------------------------
 
@@ -157,10 +180,15 @@ class Uplink:
         self._tls = await run_blocking(tls_context)
         async with self._client() as http:
             self._http = http
+            if self._registration is not None and not self.offline:
+                await self._registration.first()
+            self._first_attempt.set()
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._deliver_forever())
                 group.create_task(self._status_forever())
                 group.create_task(self._screenshots_forever())
+                if self._registration is not None:
+                    group.create_task(self._registration.run())
 
     def _client(self) -> httpx.AsyncClient:
         cfg = self.config
@@ -261,6 +289,7 @@ class Uplink:
             log.warning("no ack for %d record(s) sent; they will be sent again", len(missing))
         await self.journal.remove(final, outcomes)
         self._acked.set()
+        self.delivered.set()
         self._backoff.reset()
         self._set_state(via)
 
@@ -282,6 +311,40 @@ class Uplink:
             self.rejected[reason] += len(seqs)
             log.warning("service rejected %d record(s) as %s: seq %s", len(seqs), reason, seqs[:20])
         return final, outcomes
+
+    # --- the device key ---------------------------------------------------------
+
+    def _registrar(self, key: DeviceKey) -> Registrar:
+        rng = self._rng
+        return Registrar(
+            key,
+            put=self._put_key,
+            online=lambda: self.state in (STREAM, HTTP) and not self.offline,
+            unsigned=self._unsigned_waiting,
+            soonest_end=self._soonest_end,
+            delivered=self.delivered,
+            on_change=self.notify_status,
+            backoff=Backoff(self.config.backoff_base_s, self.config.backoff_cap_s, rng),
+            rare_retry_s=self.config.key_retry_s,
+            rng=rng,
+        )
+
+    async def register_first(self) -> None:
+        """Before the first play: wait (bounded) for `run`'s first registration attempt."""
+        if self._registration is not None:
+            await wait_event(self._first_attempt, REGISTER_TIMEOUT_S + SEAL_WAIT_S)
+
+    async def settle_registration(self) -> None:
+        """At shutdown: no new key registration; one under way finishes (bounded)."""
+        if self._registration is not None:
+            await self._registration.settle()
+
+    def _put_key(self, path: str, body: bytes) -> Awaitable[httpx.Response]:
+        headers = {"Content-Type": "application/json"}
+        return self._request("PUT", path, body, headers, timeout_s=REGISTER_TIMEOUT_S)
+
+    async def _unsigned_waiting(self) -> bool:
+        return self._unsaved_unsigned() > 0 or await self.journal.has_unsigned()
 
     # --- stream -------------------------------------------------------------
 
@@ -366,13 +429,21 @@ class Uplink:
         return body, headers
 
     async def _request(
-        self, method: str, path: str, body: bytes, headers: dict[str, str]
+        self,
+        method: str,
+        path: str,
+        body: bytes,
+        headers: dict[str, str],
+        timeout_s: float | None = None,
     ) -> httpx.Response:
         assert self._http is not None, "the uplink is not running"
         if self.offline:
             raise TransportDown(f"http: {path}: network cut (simulated offline)")
+        limit: Any = httpx.USE_CLIENT_DEFAULT if timeout_s is None else timeout_s
         try:
-            return await self._http.request(method, path, content=body, headers=headers)
+            return await self._http.request(
+                method, path, content=body, headers=headers, timeout=limit
+            )
         except httpx.HTTPError as exc:
             raise TransportDown(f"http: {path}: {str(exc) or type(exc).__name__}") from None
 
@@ -421,6 +492,7 @@ class Uplink:
             evicted=sum(r.size for r in ranges),
             evicted_ranges=[(r.first, r.last) for r in ranges],
             version=self.config.version,
+            **self.health(),
         )
         stale = await self.journal.count_older_than(stamp.ts_ms - self.policy.offline_limit_ms)
         extra = {
@@ -438,6 +510,10 @@ class Uplink:
             "journal_reset": self.journal.reset_reason,
         }
         return {**msgspec.to_builtins(base), **extra}, ranges
+
+    def health(self) -> dict[str, Any]:
+        """The device key's state and alarm, and the panel's last state (status fields)."""
+        return device_health(self.key, self.panel)
 
     # --- screenshots --------------------------------------------------------
 
@@ -486,6 +562,14 @@ class Uplink:
             if remaining <= 0:
                 return False
             await wait_event(self._acked, remaining)
+
+
+def device_health(key: DeviceKey | None, panel: PanelMonitor | None) -> dict[str, Any]:
+    """Key and panel fields of device health (`Status`), for a device with or without uplink."""
+    health: dict[str, Any] = key.health() if key is not None else {"key_state": "disabled"}
+    health["panel_source"] = panel.name if panel is not None else "none"
+    health["panel_state"] = panel.last_state if panel is not None else None
+    return health
 
 
 def _status_failure(exc: InvalidStatus) -> DeviceError:

@@ -24,7 +24,7 @@ from typing import Final
 
 from rich.console import Console
 
-from playproof.fleet import accounting, commands, report, simulator
+from playproof.fleet import accounting, commands, evidence_check, report, simulator
 from playproof.fleet.bookings import Bookings
 from playproof.fleet.plan import (
     MINUTE_MS,
@@ -58,6 +58,7 @@ FAULTS: Final = Faults(
     loops=0.1,
     crash=0.06,
     crashes=1,
+    panel_off=0.06,  # a few displays off for a while: their plays are partial, panel_off
 )
 # Screens taking proof screenshots: a few, whatever the fleet's size.
 CAPTURING: Final = (3, 10)  # at least 3, or one in 10
@@ -143,7 +144,9 @@ def _run_fleet(
     commands.finish(result, console, None, False)
     if result.breaks.late:
         console.print(asyncio.run(late_line(DEFAULT_URL, result.breaks.late)), highlight=False)
-    return 0 if result.reconciliation.ok else 1
+    checked = evidence_check.check(url, operator)
+    console.print(checked.line, highlight=False)
+    return 0 if result.reconciliation.ok and checked.ok else 1
 
 
 async def late_line(db_url: str, campaign_id: str) -> str:

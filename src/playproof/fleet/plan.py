@@ -86,10 +86,12 @@ class Faults:
     loops: float = 0.1  # chance a playlist item is a content loop (one record per pass)
     crash: float = 0.05  # screens whose player crashes and restarts
     crashes: int = 2  # crashes per such screen at most
+    panel_off: float = 0.0  # screens whose panel is off for a while (their plays: partial)
 
     def __post_init__(self) -> None:
         """Refuse shares outside 0..1."""
-        for name in ("offline", "long_offline", "skew", "steps", "skip", "interrupt", "error"):
+        shares = ("offline", "long_offline", "skew", "steps", "skip", "interrupt", "error")
+        for name in (*shares, "panel_off"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"expected --{name} between 0 and 1, got {getattr(self, name)}")
         if not 0.0 <= self.crash <= 1.0 or not 0.0 <= self.loops <= 1.0:
@@ -176,6 +178,7 @@ class ScreenPlan:
     ntp: bool = True
     capture: bool = False  # takes proof screenshots of what it shows
     wrong: tuple[tuple[str, str], ...] = ()  # (content, the content whose picture it shows)
+    panel_off: tuple[tuple[int, int], ...] = ()  # (from, to): the display is off
 
     @property
     def steady(self) -> bool:
@@ -199,6 +202,7 @@ def build(options: FleetOptions, speed: float) -> list[ScreenPlan]:
     ]
     # After every draw, so that the same seed still gives the same screens and faults.
     screens = _capturing(screens, options.screenshots)
+    screens = _panels_off(screens, options)
     return _broken(screens) if options.breaks else screens
 
 
@@ -248,6 +252,26 @@ def _capturing(screens: list[ScreenPlan], count: int) -> list[ScreenPlan]:
     step = len(screens) / count
     chosen = {_steady_near(screens, int(i * step), int((i + 1) * step)) for i in range(count)}
     return [replace(s, capture=True) if i in chosen else s for i, s in enumerate(screens)]
+
+
+def _panels_off(screens: list[ScreenPlan], options: FleetOptions) -> list[ScreenPlan]:
+    """A share of the screens (`faults.panel_off`) have their display off once for a while.
+
+    Drawn from a generator of its own, so that the other draws stay what the seed gave.
+    """
+    share = options.faults.panel_off
+    if share <= 0:
+        return screens
+    rng = random.Random(options.seed * 7919 + 1)
+    duration = options.duration_ms
+    out = []
+    for screen in screens:
+        if rng.random() < share:
+            length = min(rng.randint(2 * MINUTE_MS, 10 * MINUTE_MS), duration // 3)
+            start = rng.randint(0, max(0, duration - length))
+            screen = replace(screen, panel_off=((start, start + length),))
+        out.append(screen)
+    return out
 
 
 def _steady_near(screens: list[ScreenPlan], low: int, high: int) -> int:

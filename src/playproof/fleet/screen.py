@@ -31,6 +31,7 @@ from playproof.device.backoff import wait_event
 from playproof.device.clock import parse_server
 from playproof.device.transport import HTTP, STREAM
 from playproof.errors import JournalError, PlayproofError
+from playproof.fleet.panels import SimulatedPanel
 from playproof.fleet.pictures import SimulatedCapture
 from playproof.fleet.plan import BANNER_OVERLAP_MS, FleetOptions, Item, ScreenPlan
 from playproof.fleet.simclock import SimClock
@@ -323,7 +324,11 @@ class Screen:
 
     async def _open(self) -> Device:
         device = await Device.open(
-            self._config(), capture=self._capture(), clock=self._clock(), rng=self.rng
+            self._config(),
+            capture=self._capture(),
+            clock=self._clock(),
+            rng=self.rng,
+            panel=SimulatedPanel(self.plan.panel_off, self._run_ms),
         )
         self.down = False
         self.recorded += len(device.recovered)
@@ -332,6 +337,10 @@ class Screen:
             if self.offline:
                 device.uplink.set_offline(True)
         return device
+
+    def _run_ms(self) -> int:
+        """Simulated milliseconds since the run started (what plans' times count)."""
+        return self.ctx.clock.now_ms() - self.ctx.run_start_ms
 
     def _capture(self) -> SimulatedCapture | None:
         if not self.plan.capture:

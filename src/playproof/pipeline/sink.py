@@ -18,7 +18,8 @@ ids, `device/journal/seq`, `.../1`, `.../2`, ...: a claim that finds a reject
 at link i tries link i + 1, and only an accept ends the chain. Every decision
 about a key is thus one total order, the order of the stream, which is also
 the order in which the loader replays them into the store. Untracked items
-(undecodable, `forbidden`, `bad_checksum`) are published without an id.
+(undecodable, `forbidden`, `bad_checksum`) are published without an id; a
+`bad_signature` is tracked like a reject, but never becomes a `conflict`.
 
 No ack leaves before JetStream's own publish acknowledgement. A node that
 dies after JetStream stored a message but before answering leaves the key
@@ -47,7 +48,7 @@ from playproof.pipeline.codec import (
 from playproof.pipeline.jetstream import JetStream
 from playproof.pipeline.settings import Settings
 from playproof.protocol import Ack, Record
-from playproof.rules import DEFAULT_POLICY, Policy, key_trusted
+from playproof.rules import BAD_SIGNATURE, DEFAULT_POLICY, Policy, dedupe_first
 from playproof.stores.base import BatchWrite, Key
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,9 @@ def _items(writes: Sequence[BatchWrite], partitions: int) -> list[_Item]:
         partition = partition_of(write.device_id, partitions)
         for i, (item, verdict) in enumerate(write.judged):
             key = None
-            if isinstance(item, Record) and key_trusted(verdict.reason):
+            # A bad signature is tracked too: a resend of an accepted record is still a
+            # duplicate after its key's revocation (PROTOCOL.md section 7's order).
+            if isinstance(item, Record) and dedupe_first(verdict.reason):
                 key = (item.device_id, item.journal_id, item.seq)
             items.append(_Item((w, i), partition, entry_for(write, item, verdict), key))
     return items
@@ -206,6 +209,10 @@ class JetStreamSink:
         if held.checksum == item.entry.checksum:
             return Ack(item.seq, "duplicate")
         js = self._connected()
+        if item.entry.reason == BAD_SIGNATURE:
+            # Before `conflict` in the order: kept as it was judged, holding nothing.
+            await js.publish_one(item.partition, encode_entry(item.entry))
+            return item.stored_ack()
         await js.publish_one(item.partition, encode_entry(conflict_of(item.entry)))
         return Ack(item.seq, "rejected", reason="conflict")
 

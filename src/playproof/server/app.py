@@ -23,8 +23,10 @@ from playproof import errors
 from playproof.protocol import MAX_BATCH_BYTES, encode
 from playproof.server import (
     catalogs,
+    evidence,
     exports,
     formats,
+    keys,
     openapi,
     params,
     reports,
@@ -369,6 +371,16 @@ async def get_playout_export(request: Request) -> Response:
     return await _buyer_export(request, "playout")
 
 
+async def get_evidence_export(request: Request) -> Response:
+    """GET /v1/exports/evidence: NDJSON, each impression that started in [from, to) as the
+    device sealed it, with its received_at and verification (server/evidence.py)."""
+    service = await _operator(request)
+    start, end = evidence.window(request.query_params)
+    body = evidence.body(service.store, start, end)
+    first = await anext(body)  # a store that cannot answer fails before the status line
+    return StreamingResponse(formats.prepend(first, body), media_type=formats.NDJSON)
+
+
 async def get_export(request: Request) -> Response:
     """GET /v1/exports/{export_id}: what an export was asked and holds, and why plays were
     listed apart."""
@@ -514,6 +526,18 @@ def create_app(service: Service) -> Starlette:
             Route("/v1/rejects", get_rejects, methods=["GET"]),
             Route("/v1/devices", get_devices, methods=["GET"]),
             Route("/v1/devices/{device_id}", get_device, methods=["GET"]),
+            # Device keys (server/keys.py): the device's own, then the operators' routes.
+            Route("/v1/devices/keys/{key_id}", keys.put_own_key, methods=["PUT"]),
+            Route("/v1/devices/{device_id}/keys", keys.get_device_keys, methods=["GET"]),
+            Route("/v1/devices/{device_id}/keys/lock", keys.post_lock, methods=["POST"]),
+            Route("/v1/devices/{device_id}/keys/require", keys.post_require, methods=["POST"]),
+            Route("/v1/devices/{device_id}/keys/{key_id}", keys.put_device_key, methods=["PUT"]),
+            Route(
+                "/v1/devices/{device_id}/keys/{key_id}/revoke",
+                keys.post_revoke_key,
+                methods=["POST"],
+            ),
+            Route("/v1/keys", keys.get_key_log, methods=["GET"]),
             Route("/v1/live", get_live, methods=["GET"]),
             # One route per path, so that a 405 names every method the path takes.
             Route("/v1/catalog", by_method(get_catalog, put_catalog), methods=["GET", "PUT"]),
@@ -530,6 +554,8 @@ def create_app(service: Service) -> Starlette:
             Route("/v1/verification", get_verification, methods=["GET"]),
             Route("/v1/exports/dv360", get_dv360_export, methods=["GET"]),
             Route("/v1/exports/playout", get_playout_export, methods=["GET"]),
+            # Before /v1/exports/{export_id}, which would take `evidence` for an id.
+            Route("/v1/exports/evidence", get_evidence_export, methods=["GET"]),
             Route("/v1/exports/{export_id}", get_export, methods=["GET"]),
             Route("/v1/exports/{export_id}/skipped", get_export_skipped, methods=["GET"]),
             Route("/v1/reports/billing", get_billing, methods=["GET"]),

@@ -81,6 +81,11 @@ class TokenCache(Generic[T]):
         self._entries[token_hash] = (time.monotonic() + self._seconds, found)
         return found
 
+    def forget(self, stale: Callable[[T], bool]) -> None:
+        """Drop the entries whose answer is `stale`: they are looked up again when next asked."""
+        for token_hash in [h for h, (_, found) in self._entries.items() if stale(found)]:
+            del self._entries[token_hash]
+
 
 class Authenticator:
     """Turns an Authorization header into a registered, unrevoked device."""
@@ -109,6 +114,12 @@ class Authenticator:
         if device.revoked_at is not None:
             raise Forbidden(f"the token of device {device.device_id!r} is revoked")
         return device
+
+    def forget_device(self, device_id: str) -> None:
+        """Look the device up again on its next request: its keys changed in this process
+        (server/keys.py). A change made elsewhere (the CLI, another node) reaches this
+        process within the cache time."""
+        self._cache.forget(lambda found: found is not None and found.device_id == device_id)
 
     async def _find(self, wanted: str) -> DeviceInfo | None:
         found = await self._store.device_for_token(wanted)

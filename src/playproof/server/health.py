@@ -14,8 +14,9 @@ from typing import Any, Final, NamedTuple
 
 from playproof.errors import NotFound
 from playproof.protocol import Status, decode_status
-from playproof.rules import HOUR_MS, MINUTE_MS, Policy
+from playproof.rules import HOUR_MS, MINUTE_MS, PANEL_NOT_SEEN, Policy
 from playproof.server.admin import device_health
+from playproof.server.keys import keys_view
 from playproof.server.sequences import EvictedRanges, device_sequences, evicted_count
 from playproof.stores import fleet as fleet_queries
 from playproof.stores import queries
@@ -35,6 +36,8 @@ PROBLEMS: Final = (
     "lost",
     "suspect",
     "screenshot_quota",
+    "key_alarm",
+    "panel_off",
 )
 
 
@@ -67,6 +70,13 @@ def _status_part(seen: _Seen | None, now: int, policy: Policy) -> dict[str, Any]
         "oldest_queued_at": status.oldest_queued_ts if status else None,
         "evicted_total": seen.evicted_total if seen else 0,
         "version": status.version if status else None,
+        # Version 2: the device's key as it reports it (registered, pending, alarm) and
+        # what its panel showed last.
+        "key_id": status.key_id if status else None,
+        "key_state": status.key_state if status else None,
+        "key_alarm": status.key_alarm if status else None,
+        "panel_state": status.panel_state if status else None,
+        "panel_source": status.panel_source if status else None,
     }
 
 
@@ -84,6 +94,10 @@ def _problems(summary: dict[str, Any], now: int, policy: Policy) -> list[str]:
         # Gaps were merged past Policy.max_open_gaps: missing and lost are upper bounds.
         "suspect": summary["suspect"],
         "screenshot_quota": summary["screenshots_refused"] > 0,
+        # Its key is refused (403/409/400): it keeps sealing unsigned plays.
+        "key_alarm": bool(summary["key_alarm"]),
+        # Its display is reported not showing: its plays are partial (panel_off).
+        "panel_off": summary["panel_state"] in PANEL_NOT_SEEN,
     }
     return [name for name in PROBLEMS if found[name]]
 
@@ -199,4 +213,6 @@ async def device_detail(
         "status": health["status"],
         "evicted_ranges": health["evicted_ranges"],
         "journals": health["sequences"]["journals"],
+        # Its keys (protocol version 2), self-enrolment and signature requirement.
+        **keys_view(device),
     }

@@ -1,9 +1,16 @@
-"""The one ingest pipeline: decode → verify checksum → rules → dedupe → commit → ack.
+"""The one ingest pipeline: decode → verify checksum → rules → signatures → dedupe → commit → ack.
 
 Both transports feed it: the HTTP batch route with a body, the stream with a
 frame. Authentication has happened before (the transport knows its caller);
-dedupe and commit happen in the store, through the group committer, and an
-ack leaves only after its records are durably committed.
+signatures are checked off the event loop (server/signatures.py); dedupe and
+commit happen in the store, through the group committer, and an ack leaves
+only after its records are durably committed.
+
+PROTOCOL.md's order (decode, bad_checksum, forbidden, duplicate, bad_signature,
+conflict, the remaining invalid checks, clock rules) comes out of three steps:
+the rules judge every record first; a `bad_signature` then overrides every
+verdict but undecodable, bad_checksum and forbidden; the store's planner answers
+`duplicate` before it looks at any of them (stores/base.py).
 """
 
 from __future__ import annotations
@@ -15,11 +22,12 @@ from collections.abc import Callable
 from playproof import protocol
 from playproof.config import Limits
 from playproof.errors import EnvelopeError, Forbidden, PlayproofError, ProtocolError
-from playproof.protocol import AckMessage, Batch, StreamAck, StreamError
+from playproof.protocol import AckMessage, Batch, Record, StreamAck, StreamError
 from playproof.rules import DEFAULT_POLICY, Context, Judge, Policy, judge_item
 from playproof.server.backlog import Backlog
 from playproof.server.committer import GroupCommitter
 from playproof.server.metrics import Metrics
+from playproof.server.signatures import SignatureChecker
 from playproof.stores.base import BatchWrite, DeviceInfo, Judged, Store
 from playproof.stores.draft import with_draft
 
@@ -45,6 +53,7 @@ class Ingestor:
         clock: Clock = wall_clock_ms,
         metrics: Metrics | None = None,
         backlog: Backlog | None = None,
+        signatures: SignatureChecker | None = None,
     ) -> None:
         self.store = store
         self.committer = committer
@@ -52,9 +61,11 @@ class Ingestor:
         self.clock = clock
         self.metrics = metrics or Metrics()
         self.backlog = backlog or Backlog(Limits().backlog_records, Limits().backlog_bytes)
+        self.signatures = signatures or SignatureChecker(metrics=self.metrics)
 
     def judge(self, batch: Batch, device: DeviceInfo, received_at: int) -> BatchWrite:
-        """Verify and apply the rules to every item of a batch from `device`."""
+        """Verify checksums and apply the rules to every item of a batch from `device`
+        (the signatures come after, in `ingest`: they are checked off the event loop)."""
         if batch.device_id != device.device_id:
             raise Forbidden(
                 f"envelope is for device {batch.device_id!r}, "
@@ -79,14 +90,35 @@ class Ingestor:
         Overloaded, before anything is committed, when the backlog cannot take it.
         """
         started = time.perf_counter()
-        write = self.judge(batch, device, received_at)
         acks: list[protocol.Ack] = []
+        write = self.judge(batch, device, received_at)
         if write.judged:
             with self.backlog.hold(device.device_id, len(write.judged), size):
+                # Held while the signatures are verified too: that is work queued as well.
+                device = await self._with_fresh_keys(write, device)
+                write = await self.signatures.apply(write, device)
                 # Planned here, on the event loop, so the store's single writer need not.
                 acks = await self.committer.commit(with_draft(write))
         self.metrics.answered(acks, transport, time.perf_counter() - started)
         return AckMessage(received_at, write.skew_ms, acks)
+
+    async def _with_fresh_keys(self, write: BatchWrite, device: DeviceInfo) -> DeviceInfo:
+        """The device with its keys read afresh when a record names a key it does not hold.
+
+        Authentication caches a device for 2 s, and a key registered on another service
+        node (or with the CLI) in that time would otherwise be refused `bad_signature`,
+        and the device would drop a good record. The device's rate limit bounds the reads.
+        """
+        held = {key.key_id for key in device.keys}
+        if all(
+            not isinstance(item, Record) or item.v == 1 or item.key_id in held
+            for item, _ in write.judged
+        ):
+            return device
+        fresh = await self.store.get_device(device.device_id)
+        if fresh is None:
+            return device
+        return device._replace(keys=fresh.keys, signatures_required=fresh.signatures_required)
 
     async def http_batch(self, body: bytes, device: DeviceInfo) -> AckMessage:
         """The HTTP batch route's work: decode the body, then ingest it."""

@@ -9,7 +9,7 @@ import msgspec
 
 from playproof import protocol
 from playproof.protocol import Ack, AckMessage, Id, Millis, Record, Status
-from playproof.server import openapi_operators
+from playproof.server import openapi_keys, openapi_operators
 
 
 class BatchEnvelope(msgspec.Struct, forbid_unknown_fields=True):
@@ -209,9 +209,13 @@ def document() -> bytes:
             "description": "Proof-of-play impression ingest; see PROTOCOL.md. The stream "
             "transport is the WebSocket GET /v1/stream, which OpenAPI does not describe.",
         },
-        "paths": {**_paths(), **openapi_operators.paths()},
+        "paths": {**_paths(), **openapi_operators.paths(), **openapi_keys.paths()},
         "components": {
-            "schemas": {**_schemas(), **openapi_operators.schemas()},
+            "schemas": {
+                **_schemas(),
+                **openapi_operators.schemas(),
+                **openapi_keys.schemas(),
+            },
             "securitySchemes": {
                 "device": {"type": "http", "scheme": "bearer"},
                 "operator": {"type": "http", "scheme": "bearer", "description": "ppo_ token"},

@@ -98,7 +98,9 @@ REJECT_REASON: Final = _q("reason", {"type": "string", "enum": list(get_args(Rej
 
 def _group_by(names: tuple[str, ...], description: str = "") -> dict[str, Any]:
     """`group_by` as params.group_by reads it: comma-separated names, each at most once."""
-    schema = {"type": "array", "items": {"type": "string", "enum": list(names)}}
+    # At least one name: an empty list and a list of one empty name both travel as
+    # `group_by=`, which the service refuses rather than guess between them.
+    schema = {"type": "array", "items": {"type": "string", "enum": list(names)}, "minItems": 1}
     return _q("group_by", {**schema, "uniqueItems": True}, description) | {
         "style": "form",
         "explode": False,
@@ -440,6 +442,18 @@ def _export_paths() -> dict[str, Any]:
     )
     for path in found.values():
         path["get"]["responses"].update(not_found)
+    # The evidence export (server/evidence.py): no ledger, a period always.
+    evidence_ok = {
+        "description": "one line per impression: its record as sealed, received_at, status "
+        "and verification",
+        "content": {NDJSON_TYPE: {"schema": {"type": "string"}}},
+    }
+    found["/v1/exports/evidence"] = _get(
+        "exportEvidence",
+        "Impressions that started in [from, to) as their devices sealed them (NDJSON)",
+        PERIOD,
+        evidence_ok,
+    )
     return found
 
 

@@ -156,8 +156,12 @@ def time_range(
 
 
 def group_by(value: str | None, allowed: tuple[str, ...]) -> tuple[str, ...]:
-    """`group_by`: comma-separated names among `allowed`, each at most once."""
-    if not value:
+    """`group_by`: comma-separated names among `allowed`, each at most once (absent: none).
+
+    Present but empty is refused, as the document's array of names says: a caller who
+    sent `group_by=` meant some grouping, and must not silently get another.
+    """
+    if value is None:
         return ()
     names = tuple(n.strip() for n in value.split(","))
     for name in names:

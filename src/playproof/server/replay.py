@@ -20,6 +20,7 @@ from playproof import protocol
 from playproof.errors import RecordError, StoreDataError
 from playproof.protocol import InvalidRecord, Record
 from playproof.rules import Context, Judge, Policy, judge_item
+from playproof.server.signatures import judge_signature
 from playproof.stores import queries
 from playproof.stores.base import BatchWrite, DeviceInfo, Judged, Store
 
@@ -45,7 +46,14 @@ def rejudge(row: tuple[Any, ...], device: DeviceInfo | None, policy: Policy) -> 
     store_id = device.store_id if device is not None else None
     rules = Judge(Context(submitted_by, store_id, sent_at, received_at), policy)
     item = _item(raw, seq)
-    return BatchWrite(submitted_by, sent_at, received_at, [Judged(item, judge_item(item, rules))])
+    verdict = judge_item(item, rules)
+    if isinstance(item, Record):
+        # As on arrival: a replay must never accept what its signature (or its device's
+        # keys, as they are now) would refuse. A device the registry does not know holds
+        # no keys: its version-2 records are refused.
+        known = device or DeviceInfo(submitted_by, "", 0, None)
+        verdict = judge_signature(item, verdict, known, received_at)
+    return BatchWrite(submitted_by, sent_at, received_at, [Judged(item, verdict)])
 
 
 async def replay(store: Store, reason: str, since: int, policy: Policy, now: int) -> Counter[str]:

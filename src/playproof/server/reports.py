@@ -345,7 +345,8 @@ async def reject_counts(store: Store, query: Query, now: int) -> Table:
     start, end = time_range(params, tz, default_ms=DAY_MS)
     start = now - DAY_MS if start is None else start
     end = max(now + 1, start + 1) if end is None else end
-    groups = group_by(params.get("group_by") or "reason", REJECT_GROUPS)
+    chosen = params.get("group_by")
+    groups = group_by("reason" if chosen is None else chosen, REJECT_GROUPS)
     columns = ["submitted_by" if g == "device_id" else g for g in groups]
     wanted = queries.RejectQuery(start, end, _reject_filters(params))
     rows = await queries.reject_counts(store, wanted, columns, tz)

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import socket
 import sys
+import time
 from collections.abc import Callable, Generator
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import uvicorn
 import uvloop
 
 from playproof.errors import ConfigError
+from playproof.listen import bind
 from playproof.protocol import MAX_BATCH_BYTES
 from playproof.server.app import create_app, create_metrics_app
 from playproof.server.service import Service
@@ -22,35 +25,45 @@ from playproof.server.stream import MAX_FRAME_BYTES
 log = logging.getLogger("playproof")
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A listening-ready TCP socket on host:port (port 0 picks a free one)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.set_inheritable(True)
-    return sock
+# Objects older than this are kept out of full collections; all are collected hourly, or
+# once the frozen ones have tripled (keep_frozen).
+FREEZE_EVERY_S = 1.0
+GC_YOUNG_THRESHOLD = 7_000
+THAW_EVERY_S = 3600.0
+THAW_GROWTH_OBJECTS = 1_000_000
+# How long a thread holds the GIL while another waits for it (Python's default: 5 ms).
+SWITCH_INTERVAL_S = 0.0005
+# The WebSocket implementation uvicorn runs the stream on. bench/stream.py measures the
+# others uvicorn offers (`websockets`, `wsproto`) on the same frames; it sets this to do so.
+WS_IMPL = "websockets-sansio"
+
+
+def uvicorn_settings(log_level: str = "info") -> dict[str, Any]:
+    """uvicorn's keyword arguments for the service, without the app.
+
+    Shared with bench/stream.py's echo reference, so that it runs on exactly these settings.
+    """
+    return {
+        "loop": "uvloop",
+        "http": "httptools",
+        "ws": WS_IMPL,
+        "ws_max_size": max(MAX_FRAME_BYTES, MAX_BATCH_BYTES) + 1024,
+        "ws_per_message_deflate": False,
+        # The peer's address is the client's: X-Forwarded-For is read by the service
+        # itself, and only from its configured trusted proxies (server/guard.py).
+        "proxy_headers": False,
+        "lifespan": "on",
+        "log_level": log_level,
+        "access_log": False,
+        "backlog": 4096,
+        "timeout_keep_alive": 30,
+        "timeout_graceful_shutdown": 10,
+    }
 
 
 def uvicorn_config(service: Service, log_level: str = "info") -> uvicorn.Config:
     """uvicorn settings tuned for many long-lived device connections."""
-    return uvicorn.Config(
-        create_app(service),
-        loop="uvloop",
-        http="httptools",
-        ws="websockets-sansio",
-        ws_max_size=max(MAX_FRAME_BYTES, MAX_BATCH_BYTES) + 1024,
-        ws_per_message_deflate=False,
-        # The peer's address is the client's: X-Forwarded-For is read by the service
-        # itself, and only from its configured trusted proxies (server/guard.py).
-        proxy_headers=False,
-        lifespan="on",
-        log_level=log_level,
-        access_log=False,
-        backlog=4096,
-        timeout_keep_alive=30,
-        timeout_graceful_shutdown=10,
-    )
+    return uvicorn.Config(create_app(service), **uvicorn_settings(log_level))
 
 
 class _Companion(uvicorn.Server):
@@ -94,6 +107,12 @@ async def _announce(listeners: list[_Listener], ready: Callable[[str], None]) ->
         if any(listener.server.should_exit for listener in listeners):
             return
         await asyncio.sleep(0.02)
+    gc.collect()
+    gc.freeze()
+    # Young collections a tenth as often: a stream frame allocates dozens of containers
+    # that die young anyway, and each collection of the young also promotes whatever is
+    # in flight at that instant towards the full collections.
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
     for side in listeners[1:]:
         print(
             f"playproof metrics on {side.url} (no token: keep it private)",
@@ -103,13 +122,42 @@ async def _announce(listeners: list[_Listener], ready: Callable[[str], None]) ->
     ready(listeners[0].url)
 
 
-def parse_listen(address: str) -> tuple[str, int]:
-    """HOST:PORT (or [V6HOST]:PORT) as a host and a port; ConfigError if it is not one."""
-    host, sep, port = address.rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ConfigError(f"expected HOST:PORT, e.g. 10.0.0.5:9787, got {address!r}")
-    return host, int(port)
+async def keep_frozen(
+    every_s: float = FREEZE_EVERY_S,
+    thaw_every_s: float = THAW_EVERY_S,
+    thaw_growth: int = THAW_GROWTH_OBJECTS,
+) -> None:
+    """Keep what has lived a while out of the garbage collector's full collections.
+
+    A full (generation-2) collection walks every tracked object: with 10,000 stream
+    connections that is about 2 million (some 200 a connection: uvicorn's protocol,
+    the WebSocket state, headers, the session and its task), and it paused the event
+    loop for 0.1-2.3 s, several times a minute while connections opened and then
+    whenever enough survivors piled up (issue 17, `bench/stream.py --gc-log`). So every
+    `every_s` whatever exists is frozen (`gc.freeze`, a constant-time move): it is freed
+    by reference counting as before, but a full collection no longer walks it. What that
+    costs is reference cycles among frozen objects: they stay until the next thaw. So
+    everything is thawed and collected once (one long pause) every `thaw_every_s`, and
+    sooner when the frozen objects have tripled (grown by at least `thaw_growth`): a
+    flood of connections opened and dropped cannot pile up its garbage for an hour (it
+    stays within twice the live objects' count; measured, a connection and its frames
+    leave about one object in a cycle), and the pauses stay proportional to the growth,
+    as with the collector's own rule for full collections. Ramping up to 10,000
+    connections then costs one full collection (about 1 s here) instead of a dozen.
+    """
+    thawed_at = time.monotonic()
+    base = gc.get_freeze_count()
+    while True:
+        await asyncio.sleep(every_s)
+        grown = gc.get_freeze_count() - base
+        if time.monotonic() - thawed_at >= thaw_every_s or grown > max(thaw_growth, 2 * base):
+            gc.unfreeze()
+            gc.collect()
+            thawed_at = time.monotonic()
+            gc.freeze()
+            base = gc.get_freeze_count()
+        else:
+            gc.freeze()
 
 
 def _print_ready(url: str) -> None:
@@ -136,14 +184,23 @@ def serve(
 
     async def main() -> None:
         announce = asyncio.create_task(_announce(listeners, ready))
+        frozen = asyncio.create_task(keep_frozen())
         first, *sides = listeners
         beside = [asyncio.create_task(side.server.serve([side.sock])) for side in sides]
         try:
             await first.server.serve(sockets=[first.sock])
         finally:
+            frozen.cancel()
             announce.cancel()
             for side in sides:
                 side.server.should_exit = True
             await asyncio.gather(*beside)
 
+    # The store's threads (the SQLite writer, the token readers) give up the GIL around
+    # every statement and must win it back from a busy event loop, which by default
+    # holds it for up to 5 ms: a token lookup of a few statements then waited tens of
+    # milliseconds, and at 1000 lookups a second (10,000 screens, a frame every 10 s,
+    # each past the 2 s token cache) they queued for seconds (issue 17). A shorter
+    # interval hands the GIL over sooner.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     uvloop.run(main())

@@ -22,6 +22,7 @@ from playproof.server.limits import ConnectionLimiter, RateLimiter
 from playproof.server.metrics import Metrics
 from playproof.server.operators import OperatorAuth
 from playproof.server.quota import ScreenshotQuota
+from playproof.server.signatures import SignatureChecker
 from playproof.server.verifier import Verifier
 from playproof.stores.base import Store
 
@@ -83,8 +84,16 @@ class Service:
             limits.screenshot_quota_per_play,
             self.clock,
         )
+        # Version-2 signatures, verified on threads across the cores (server/signatures.py).
+        self.signatures = SignatureChecker(limits.signature_workers or None, self.metrics)
         self.ingestor = Ingestor(
-            self.store, self.committer, self.policy, self.clock, self.metrics, self.backlog
+            self.store,
+            self.committer,
+            self.policy,
+            self.clock,
+            self.metrics,
+            self.backlog,
+            self.signatures,
         )
         self.verifier = Verifier(self.store, self.clock, self.policy, self.limits, self.metrics)
         self._gauges: asyncio.Task[None] | None = None
@@ -116,6 +125,7 @@ class Service:
                 await self._gauges
         await self.verifier.stop()
         await self.committer.stop()
+        await self.signatures.stop()
         if self.pipeline is not None:
             await self.pipeline.close()
         await self.store.close()

@@ -3,6 +3,11 @@
 Each frame is handled in its own task so that frames pipeline; acks go out as
 their commits finish, each carrying the id it answers. A bound on frames in
 flight gives backpressure: past it, the connection stops reading.
+
+A connection is the unit of scale (10,000 screens each sending a frame every few
+seconds), so what it holds while idle is kept small: one task (the reader), an idle
+timer handle rather than a watchdog task, a counter rather than a semaphore, and no
+send lock (issue 17: the garbage collector's pauses grow with the objects held).
 """
 
 from __future__ import annotations
@@ -11,8 +16,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import MutableMapping
-from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -60,45 +63,59 @@ class StreamSession:
         self._idle_s = service.limits.stream_idle_s
         self._last_frame = time.monotonic()
         self._device = device
-        self._send_lock = asyncio.Lock()
-        self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._in_flight = 0
+        # Set only while the reader waits for room (MAX_IN_FLIGHT frames unanswered).
+        self._room: asyncio.Event | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._open = True
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._closing: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         """Read frames until the device goes away, then let in-flight frames finish."""
-        watchdog = asyncio.create_task(self._watch_idle())
+        loop = asyncio.get_running_loop()
+        self._idle_timer = loop.call_later(self._idle_s, self._check_idle)
+        receive = self._ws.receive
         try:
             while True:
-                await self._hold_off()
-                message = await self._ws.receive()
+                if self._quiet_until:
+                    await self._hold_off()
+                message = await receive()
                 self._last_frame = time.monotonic()
                 if message["type"] == "websocket.disconnect":
                     break
-                await self._slots.acquire()
-                task = asyncio.create_task(self._answer(message))
-                # The task holds the frame now; an idle connection keeps none of it.
+                if self._in_flight >= MAX_IN_FLIGHT:
+                    self._room = asyncio.Event()
+                    await self._room.wait()
+                # The task holds the frame's text; an idle connection keeps none of it.
+                task = loop.create_task(self._answer(message.get("text")))
                 del message
+                self._in_flight += 1
                 self._tasks.add(task)
                 task.add_done_callback(self._done)
         except WebSocketDisconnect:
             pass
         finally:
-            watchdog.cancel()
+            self._idle_timer.cancel()
             self._open = False
             # Commits already queued still complete (the device will get
             # `duplicate` when it resends); only the acks have no one to go to.
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
+            if self._closing is not None:
+                await self._closing
 
-    async def _watch_idle(self) -> None:
-        # One timer per connection rather than a timeout around every receive.
-        while True:
-            idle = time.monotonic() - self._last_frame
-            if idle >= self._idle_s:
-                await self._close(CLOSE_GOING_AWAY, "idle: no frame for too long")
-                return
-            await asyncio.sleep(self._idle_s - idle)
+    def _check_idle(self) -> None:
+        # One timer per connection, moved on only when it fires, rather than a task or
+        # a timeout around every receive.
+        idle = time.monotonic() - self._last_frame
+        if idle < self._idle_s:
+            loop = asyncio.get_running_loop()
+            self._idle_timer = loop.call_later(self._idle_s - idle, self._check_idle)
+        elif self._open:
+            self._closing = asyncio.create_task(
+                self._close(CLOSE_GOING_AWAY, "idle: no frame for too long")
+            )
 
     def _hold_back(self, retry_after_s: float) -> None:
         # A device told to wait is not read for that long, twice as long at each refusal
@@ -112,20 +129,27 @@ class StreamSession:
         wait = self._quiet_until - time.monotonic()
         if wait > 0:
             await asyncio.sleep(wait)
+        else:
+            self._quiet_until = 0.0
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        self._slots.release()
+        self._in_flight -= 1
+        if self._room is not None:
+            self._room.set()
+            self._room = None
 
-    async def _answer(self, message: MutableMapping[str, Any]) -> None:
-        reply = await self._reply(message)
+    async def _answer(self, text: str | None) -> None:
+        # Handed over in a box: `_reply` drops the text once it is encoded, so that a frame
+        # waiting for its commit is held once, not also by this frame's argument.
+        box = [text]
+        del text
+        reply = await self._reply(box)
         if reply is not None:
             await self._send(reply)
 
-    async def _reply(self, message: MutableMapping[str, Any]) -> bytes | None:
-        # Taken out of the message: a frame waiting for its commit is held once, and one
-        # whose answer waits to be sent (a device not reading them) not at all.
-        text = message.pop("text", None)
+    async def _reply(self, box: list[str | None]) -> bytes | None:
+        text = box.pop()
         if not isinstance(text, str):
             return encode(StreamError(None, "expected a text frame holding JSON, got binary"))
         if not await self._still_authorized(text):
@@ -139,14 +163,14 @@ class StreamSession:
             frame_id, _ = frame_head(text)
             return send_again(frame_id, exc)
         self._strikes = 0
-        data = text.encode()
+        body = text.encode()
         del text
-        if len(data) > MAX_FRAME_BYTES:
+        if len(body) > MAX_FRAME_BYTES:
             error = TooLarge(
-                f"expected a frame of at most {MAX_FRAME_BYTES} bytes, got {len(data)}"
+                f"expected a frame of at most {MAX_FRAME_BYTES} bytes, got {len(body)}"
             )
             return encode(StreamError(None, str(error)))
-        return await self._ingestor.stream_frame(data, self._device)
+        return await self._ingestor.stream_frame(body, self._device)
 
     async def _still_authorized(self, text: str) -> bool:
         # The token is checked again on every frame (a cache hit, mostly), so
@@ -176,12 +200,13 @@ class StreamSession:
     async def _send(self, reply: bytes) -> None:
         if not self._open:
             return
-        async with self._send_lock:
-            try:
-                await self._ws.send_text(reply.decode())
-            except (WebSocketDisconnect, RuntimeError, OSError) as exc:
-                self._open = False
-                log.debug("ack not delivered, device will resend: %s", exc)
+        # No lock: an ASGI server writes each message whole, and answers may go in any
+        # order (each carries its frame's id).
+        try:
+            await self._ws.send({"type": "websocket.send", "text": reply.decode()})
+        except (WebSocketDisconnect, RuntimeError, OSError) as exc:
+            self._open = False
+            log.debug("ack not delivered, device will resend: %s", exc)
 
 
 async def serve_stream(ws: WebSocket, service: Service) -> None:

@@ -11,12 +11,13 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 from msgspec import UNSET
 from msgspec.structs import astuple
 
 from playproof.catalog import Catalog, Change
+from playproof.keylog import KeyEntry
 from playproof.protocol import Ack, InvalidRecord, Record, Status, record_json
 from playproof.rules import (
     Gap,
@@ -342,6 +343,43 @@ class Store(Protocol):
     async def create_export(self, request: ExportRequest) -> ExportInfo:
         """In one transaction, under the buyer's lock: take the buyer's verified plays not yet
         settled (in the request's range), decide each (contained or listed apart), record all."""
+
+    # --- device keys (stores/keys*.py) ---
+    # Every write below appends its key-log entry in the same transaction, under the one
+    # lock of key writes (the log never forks); NotFound for an unknown device.
+
+    async def register_key(
+        self,
+        device_id: str,
+        key_id: str,
+        public_key: str,
+        at: int,
+        actor: str,
+        by_operator: bool,
+        max_keys: int = 4,
+    ) -> Literal["created", "same"]:
+        """Register a checked public key (signing.check_public_key) for a device, and require
+        its signatures from now on; "same" when it holds that key already (nothing logged).
+        Forbidden when the device registers itself and self-enrolment is closed; Conflict
+        past `max_keys` active keys, for a key id held by another device, or a revoked key."""
+
+    async def revoke_key(self, device_id: str, key_id: str, at: int, actor: str) -> bool:
+        """Revoke a device's key from `at` on (service clock); False if it was revoked already."""
+
+    async def set_self_enrol(self, device_id: str, open_: bool, at: int, actor: str) -> bool:
+        """Open or close a device's self-enrolment; False when it already was so."""
+
+    async def require_signatures(self, device_id: str, at: int, actor: str) -> bool:
+        """Refuse the device's version-1 records from now on; False when they already were."""
+
+    async def list_keys(self, device_id: str) -> list[DeviceKey]:
+        """Every key a device holds or held, revoked ones included, oldest first."""
+
+    async def key_log(self, after: int = 0, limit: int = 100_000) -> list[KeyEntry]:
+        """The key log's entries numbered above `after`, in order, at most `limit`."""
+
+    async def key_log_entry(self, entry: int) -> KeyEntry | None:
+        """One entry of the key log."""
 
 
 @dataclass

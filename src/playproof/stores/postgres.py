@@ -21,7 +21,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import psycopg
 from psycopg import AsyncConnection
@@ -39,15 +39,23 @@ from playproof.errors import (
     StoreError,
     StoreUnavailable,
 )
+from playproof.keylog import KeyEntry
 from playproof.protocol import Ack, Status, decode_status, encode
 from playproof.rules import DEFAULT_POLICY, Gap
-from playproof.stores import migrations, postgres_billing, postgres_commit, postgres_exports
+from playproof.stores import (
+    migrations,
+    postgres_billing,
+    postgres_commit,
+    postgres_exports,
+    postgres_keys,
+)
 from playproof.stores import postgres_sql as q
 from playproof.stores import postgres_verdicts as verdicts
 from playproof.stores.base import (
     BatchWrite,
     Credential,
     DeviceInfo,
+    DeviceKey,
     HeldRecords,
     JournalInfo,
     OperatorCredential,
@@ -278,7 +286,7 @@ class PostgresStore:
 
     async def add_device(self, device: DeviceInfo, token_hash: str) -> None:
         """Register a device; Conflict if its id (or token) is taken."""
-        params = (*device[:2], token_hash, *device[2:])
+        params = (*device[:2], token_hash, *device[2:4])
         async with self._connection("register a device") as conn:
             try:
                 await conn.execute(q.INSERT_DEVICE, params)
@@ -287,14 +295,13 @@ class PostgresStore:
 
     async def device_for_token(self, token_hash: str) -> Credential | None:
         """The device holding this token hash, with the stored hash."""
-        rows = await self._fetch("look up a token", q.SELECT_CREDENTIAL, (token_hash,))
-        return Credential(DeviceInfo(*rows[0][:4]), rows[0][4]) if rows else None
+        async with self._connection("look up a token") as conn:
+            return await postgres_keys.credential(conn, token_hash)
 
     async def get_device(self, device_id: str) -> DeviceInfo | None:
         """One registered device."""
-        sql = q.SELECT_DEVICE + "WHERE device_id = %s"
-        rows = await self._fetch("look up a device", sql, (device_id,))
-        return DeviceInfo(*rows[0]) if rows else None
+        async with self._connection("look up a device") as conn:
+            return await postgres_keys.device(conn, device_id)
 
     async def list_devices(self) -> list[DeviceInfo]:
         """Every registered device."""
@@ -488,6 +495,53 @@ class PostgresStore:
         """Take, decide and record the buyer's unsettled verified plays, under its lock."""
         async with self._connection("create an export") as conn:
             return await postgres_exports.create_export(conn, request)
+
+    # --- device keys (stores/postgres_keys.py) -----------------------------------
+
+    async def register_key(
+        self,
+        device_id: str,
+        key_id: str,
+        public_key: str,
+        at: int,
+        actor: str,
+        by_operator: bool,
+        max_keys: int = 4,
+    ) -> Literal["created", "same"]:
+        """Register a device's key, log it and require its signatures, in one transaction."""
+        args = (device_id, key_id, public_key, at, actor, by_operator, max_keys)
+        async with self._connection("register a key") as conn:
+            return await postgres_keys.register(conn, *args)
+
+    async def revoke_key(self, device_id: str, key_id: str, at: int, actor: str) -> bool:
+        """Revoke a device's key from `at` on, and log it; False if revoked already."""
+        async with self._connection("revoke a key") as conn:
+            return await postgres_keys.revoke(conn, device_id, key_id, at, actor)
+
+    async def set_self_enrol(self, device_id: str, open_: bool, at: int, actor: str) -> bool:
+        """Open or close a device's self-enrolment, and log it; False if it already was."""
+        async with self._connection("change self-enrolment") as conn:
+            return await postgres_keys.set_self_enrol(conn, device_id, open_, at, actor)
+
+    async def require_signatures(self, device_id: str, at: int, actor: str) -> bool:
+        """Refuse the device's version-1 records from now on, and log it."""
+        async with self._connection("require signatures") as conn:
+            return await postgres_keys.require(conn, device_id, at, actor)
+
+    async def list_keys(self, device_id: str) -> list[DeviceKey]:
+        """Every key a device holds or held, oldest first."""
+        async with self._connection("list a device's keys") as conn:
+            return await postgres_keys.list_keys(conn, device_id)
+
+    async def key_log(self, after: int = 0, limit: int = 100_000) -> list[KeyEntry]:
+        """The key log's entries numbered above `after`, at most `limit`."""
+        async with self._connection("read the key log") as conn:
+            return await postgres_keys.log_page(conn, after, limit)
+
+    async def key_log_entry(self, entry: int) -> KeyEntry | None:
+        """One entry of the key log."""
+        async with self._connection("read the key log") as conn:
+            return await postgres_keys.log_entry(conn, entry)
 
 
 async def migrate(conn: Conn) -> None:

@@ -116,10 +116,6 @@ INSERT_DEVICE: Final = (
     "VALUES (%s, %s, %s, %s, %s)"
 )
 SELECT_DEVICE: Final = "SELECT device_id, store_id, created_at, revoked_at FROM devices "
-SELECT_CREDENTIAL: Final = (
-    "SELECT device_id, store_id, created_at, revoked_at, token_hash FROM devices "
-    "WHERE token_hash = %s"
-)
 REVOKE_DEVICE: Final = (
     "UPDATE devices SET revoked_at = COALESCE(revoked_at, %s) WHERE device_id = %s"
 )

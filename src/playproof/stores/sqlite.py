@@ -17,7 +17,7 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from playproof.catalog import Catalog, Change
 from playproof.errors import (
@@ -26,15 +26,17 @@ from playproof.errors import (
     SchemaMismatch,
     StoreUnavailable,
 )
+from playproof.keylog import KeyEntry
 from playproof.protocol import Ack, Status
 from playproof.rules import DEFAULT_POLICY
-from playproof.stores import migrations, sqlite_billing, sqlite_exports
+from playproof.stores import migrations, sqlite_billing, sqlite_exports, sqlite_keys
 from playproof.stores import sqlite_rows as rows
 from playproof.stores import sqlite_verdicts as verdicts
 from playproof.stores.base import (
     BatchWrite,
     Credential,
     DeviceInfo,
+    DeviceKey,
     HeldRecords,
     JournalInfo,
     OperatorCredential,
@@ -206,7 +208,7 @@ class SqliteStore:
                 conn.execute(
                     "INSERT INTO devices (device_id, store_id, token_hash, created_at, "
                     "revoked_at) VALUES (?, ?, ?, ?, ?)",
-                    (*device[:2], token_hash, *device[2:]),
+                    (*device[:2], token_hash, *device[2:4]),
                 )
             except sqlite3.IntegrityError:
                 raise Conflict(f"device {device.device_id!r} is already registered") from None
@@ -215,13 +217,11 @@ class SqliteStore:
 
     async def device_for_token(self, token_hash: str) -> Credential | None:
         """The device holding this token hash, with the stored hash."""
-        return await self._read("look up a token", lambda c: rows.credential(c, token_hash))
+        return await self._read("look up a token", lambda c: sqlite_keys.credential(c, token_hash))
 
     async def get_device(self, device_id: str) -> DeviceInfo | None:
         """One registered device."""
-        return await self._read(
-            "look up a device", lambda c: rows.one_device(c, "device_id", device_id)
-        )
+        return await self._read("look up a device", lambda c: sqlite_keys.device(c, device_id))
 
     async def list_devices(self) -> list[DeviceInfo]:
         """Every registered device."""
@@ -441,3 +441,50 @@ class SqliteStore:
         return await self._write(
             "create an export", lambda c: sqlite_exports.create_export(c, request)
         )
+
+    # --- device keys (stores/sqlite_keys.py) ------------------------------------
+
+    async def register_key(
+        self,
+        device_id: str,
+        key_id: str,
+        public_key: str,
+        at: int,
+        actor: str,
+        by_operator: bool,
+        max_keys: int = 4,
+    ) -> Literal["created", "same"]:
+        """Register a device's key, log it and require its signatures, in one transaction."""
+        args = (device_id, key_id, public_key, at, actor, by_operator, max_keys)
+        return await self._write("register a key", lambda c: sqlite_keys.register(c, *args))
+
+    async def revoke_key(self, device_id: str, key_id: str, at: int, actor: str) -> bool:
+        """Revoke a device's key from `at` on, and log it; False if revoked already."""
+        args = (device_id, key_id, at, actor)
+        return await self._write("revoke a key", lambda c: sqlite_keys.revoke(c, *args))
+
+    async def set_self_enrol(self, device_id: str, open_: bool, at: int, actor: str) -> bool:
+        """Open or close a device's self-enrolment, and log it; False if it already was."""
+        args = (device_id, open_, at, actor)
+        return await self._write(
+            "change self-enrolment", lambda c: sqlite_keys.set_self_enrol(c, *args)
+        )
+
+    async def require_signatures(self, device_id: str, at: int, actor: str) -> bool:
+        """Refuse the device's version-1 records from now on, and log it."""
+        args = (device_id, at, actor)
+        return await self._write("require signatures", lambda c: sqlite_keys.require(c, *args))
+
+    async def list_keys(self, device_id: str) -> list[DeviceKey]:
+        """Every key a device holds or held, oldest first."""
+        return await self._read(
+            "list a device's keys", snapshot(lambda c: sqlite_keys.list_keys(c, device_id))
+        )
+
+    async def key_log(self, after: int = 0, limit: int = 100_000) -> list[KeyEntry]:
+        """The key log's entries numbered above `after`, at most `limit`."""
+        return await self._read("read the key log", lambda c: sqlite_keys.log_page(c, after, limit))
+
+    async def key_log_entry(self, entry: int) -> KeyEntry | None:
+        """One entry of the key log."""
+        return await self._read("read the key log", lambda c: sqlite_keys.log_entry(c, entry))

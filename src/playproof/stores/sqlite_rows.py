@@ -12,8 +12,6 @@ from playproof.stores.base import (
     IMPRESSION_COLUMNS,
     REJECT_COLUMNS,
     BatchWrite,
-    Credential,
-    DeviceInfo,
     HeldRecords,
     JournalInfo,
     JournalKey,
@@ -60,23 +58,6 @@ _EXISTING = (
     "SELECT seq, checksum FROM impressions WHERE device_id = ? AND journal_id = ? "
     "AND seq IN (SELECT value FROM json_each(?))"
 )
-
-
-def one_device(conn: sqlite3.Connection, column: str, value: str) -> DeviceInfo | None:
-    row = conn.execute(
-        f"SELECT device_id, store_id, created_at, revoked_at FROM devices WHERE {column} = ?",
-        (value,),
-    ).fetchone()
-    return DeviceInfo(*row) if row else None
-
-
-def credential(conn: sqlite3.Connection, token_hash: str) -> Credential | None:
-    row = conn.execute(
-        "SELECT device_id, store_id, created_at, revoked_at, token_hash FROM devices "
-        "WHERE token_hash = ?",
-        (token_hash,),
-    ).fetchone()
-    return Credential(DeviceInfo(*row[:4]), row[4]) if row else None
 
 
 def _load_state(conn: sqlite3.Connection, key: JournalKey, seqs: list[int]) -> SequenceState | None:

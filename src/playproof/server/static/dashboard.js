@@ -225,6 +225,10 @@ async function refreshDevices() {
     cell(tr, d.drift_ppm, "num");
     for (const k of ["queue_depth", "evicted_total", "high_water", "open_gaps", "lost",
       "resets", "restarts"]) cell(tr, fmt(d[k]), "num");
+    // Protocol version 2: the key the device signs with (and its state), the panel's last state.
+    const key = d.key_id ? `${d.key_id} (${d.key_state || "?"})` : "unsigned";
+    cell(tr, d.key_alarm ? `${key}: ${d.key_alarm}` : key);
+    cell(tr, d.panel_state ? `${d.panel_state} (${d.panel_source})` : "—");
     cell(tr, badges(d.problems));
   });
 }

@@ -27,6 +27,9 @@ CREATE TABLE device_keys (
     revoked_by    TEXT,
     PRIMARY KEY (device_id, key_id)
 );
+-- A key id names one key of one device: the same key on two devices is refused,
+-- and two registrations racing for it cannot both land.
+CREATE UNIQUE INDEX device_keys_key_id ON device_keys (key_id);
 
 CREATE TABLE key_log (
     entry      INTEGER PRIMARY KEY,
