@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from playproof import cli_catalog, cli_evidence, cli_fleet, cli_keys, cli_reports
+from playproof import cli_catalog, cli_evidence, cli_fleet, cli_keys, cli_panel, cli_reports
 from playproof.cli_common import (
     ConfigOption,
     DbOption,
@@ -308,50 +308,31 @@ def player(
     signing: Annotated[
         bool, typer.Option(help="Sign plays (v2) with the key in --data-dir once registered.")
     ] = True,
-    panel: Annotated[
-        str, typer.Option("--panel", help="Panel state source: drm, cec, mdc or none.")
-    ] = "none",
-    panel_drm_connector: Annotated[
-        str | None, typer.Option(help="DRM connector, e.g. HDMI-A-1 (default: any).")
-    ] = None,
-    panel_drm_root: Annotated[
-        Path, typer.Option(help="Where the DRM connectors are (sysfs).")
-    ] = Path("/sys/class/drm"),
-    panel_cec_device: Annotated[str, typer.Option(help="CEC device for cec-ctl.")] = "/dev/cec0",
-    panel_mdc_host: Annotated[
-        str | None, typer.Option(help="Samsung MDC display address (--panel mdc).")
-    ] = None,
-    panel_mdc_port: Annotated[int, typer.Option(help="Samsung MDC TCP port.")] = 1515,
-    panel_mdc_id: Annotated[int, typer.Option(help="Samsung MDC display id (0-255).")] = 0,
-    panel_mdc_pin: Annotated[
-        str | None,
-        typer.Option(
-            envvar="PLAYPROOF_MDC_PIN", help="MDC secured-protocol PIN (TLS); none: plain MDC."
-        ),
-    ] = None,
-    panel_timeout: Annotated[
-        float, typer.Option(help="Seconds a panel reading may take (late: unknown).")
-    ] = 3.0,
+    panel: cli_panel.Panel = "none",
+    panel_drm_connector: cli_panel.DrmConnector = None,
+    panel_drm_root: cli_panel.DrmRoot = cli_panel.DRM_ROOT,
+    panel_cec_device: cli_panel.CecDevice = "/dev/cec0",
+    panel_mdc_host: cli_panel.MdcHost = None,
+    panel_mdc_port: cli_panel.MdcPort = 1515,
+    panel_mdc_id: cli_panel.MdcId = 0,
+    panel_mdc_pin: cli_panel.MdcPin = None,
+    panel_timeout: cli_panel.Timeout = 3.0,
 ) -> None:
     """Play a playlist in a loop and record every play (the reference player)."""
     from playproof.device import DEFAULT_CAPTURE, DeviceConfig, UplinkConfig
-    from playproof.device.panel import PanelConfig, make_source
     from playproof.device.player import load_playlist, run_player
 
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     try:
         items = load_playlist(playlist)
-        panel_options = PanelConfig(
-            timeout_s=panel_timeout,
-            drm_root=panel_drm_root,
-            drm_connector=panel_drm_connector,
-            cec_device=panel_cec_device,
-            mdc_host=panel_mdc_host,
-            mdc_port=panel_mdc_port,
-            mdc_id=panel_mdc_id,
-            mdc_pin=panel_mdc_pin,
+        panel_options = cli_panel.panel_config(
+            panel,
+            panel_timeout,
+            panel_drm_root,
+            panel_drm_connector,
+            panel_cec_device,
+            (panel_mdc_host, panel_mdc_port, panel_mdc_id, panel_mdc_pin),
         )
-        make_source(panel, panel_options)  # bad panel settings: one line, before anything
         config = DeviceConfig(
             device_id=device_id,
             store_id=store_id,

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from playproof import cli_panel
 from playproof.cli_common import fail
 from playproof.errors import PlayproofError
 
@@ -55,12 +56,15 @@ def agent(
     signing: Annotated[
         bool, typer.Option(help="Sign plays (v2) with the key in --data-dir once registered.")
     ] = True,
-    panel: Annotated[
-        str,
-        typer.Option(
-            "--panel", help="Panel state source: drm, cec or none (default settings; see player)."
-        ),
-    ] = "none",
+    panel: cli_panel.Panel = "none",
+    panel_drm_connector: cli_panel.DrmConnector = None,
+    panel_drm_root: cli_panel.DrmRoot = cli_panel.DRM_ROOT,
+    panel_cec_device: cli_panel.CecDevice = "/dev/cec0",
+    panel_mdc_host: cli_panel.MdcHost = None,
+    panel_mdc_port: cli_panel.MdcPort = 1515,
+    panel_mdc_id: cli_panel.MdcId = 0,
+    panel_mdc_pin: cli_panel.MdcPin = None,
+    panel_timeout: cli_panel.Timeout = 3.0,
     checkpoint_interval: Annotated[
         float, typer.Option(help="Seconds between checkpoints of a play under way.")
     ] = 5.0,
@@ -71,14 +75,20 @@ def agent(
 
     from playproof.device import DeviceConfig, UplinkConfig
     from playproof.device.agent import AgentSettings, run_agent
-    from playproof.device.panel import make_source
 
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     mode = screenshots or ("screen" if os.environ.get("DISPLAY") else "player")
     if mode not in ("screen", "player", "none"):
         raise fail(f"expected --screenshots screen, player or none, got {mode!r}")
     try:
-        make_source(panel)  # an unknown source or missing settings: one line, before anything
+        panel_options = cli_panel.panel_config(
+            panel,
+            panel_timeout,
+            panel_drm_root,
+            panel_drm_connector,
+            panel_cec_device,
+            (panel_mdc_host, panel_mdc_port, panel_mdc_id, panel_mdc_pin),
+        )
         config = DeviceConfig(
             device_id=device_id,
             store_id=store_id,
@@ -88,6 +98,7 @@ def agent(
             checkpoint_s=checkpoint_interval,
             signing=signing,
             panel=panel,
+            panel_options=panel_options,
         )
         settings = AgentSettings(
             listen=listen,

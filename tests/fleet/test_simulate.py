@@ -176,3 +176,23 @@ def test_simulate_refuses_a_speed_the_service_does_not_run(run: Run, tmp_path: P
     )  # fmt: skip
     assert done.returncode == 1
     assert "playproof serve --sim-clock 10" in done.stderr
+
+
+def test_a_screen_that_cannot_start_fails_the_run_whatever_the_reconciliation_says(
+    run: Run, tmp_path: Path
+) -> None:
+    """A screen stopped by an error has recorded nothing: the reconciliation alone would
+    call such a run clean, so the run itself must fail and say why."""
+    screen = tmp_path / "fleet" / "sim-0001"
+    screen.mkdir(parents=True)
+    key = screen / "device.key"
+    key.write_bytes(bytes(32))
+    key.chmod(0o644)  # readable by others: the device refuses to sign with it
+    fleet = screen.parent
+    done = playproof(
+        "simulate", "--server", run.server.url, "--db", f"sqlite:///{run.db}",
+        "--devices", "1", "--duration", "2m", "--devices-dir", str(fleet), "--no-live",
+        "--no-faults", "--no-catalog", "--drain", "5",
+    )  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "1 screens stopped on an error" in done.stdout, done.stdout + done.stderr

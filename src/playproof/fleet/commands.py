@@ -61,7 +61,7 @@ def simulate(
         server_url, db_url, options, views(server_url, options, live, console), speed
     )
     finish(result, console, json_path, show_all)
-    return 0 if result.reconciliation.ok else 1
+    return 0 if result.reconciliation.ok and not result.progress.failed else 1
 
 
 def finish(result: RunResult, console: Console, json_path: Path | None, show_all: bool) -> None:
@@ -75,6 +75,12 @@ def finish(result: RunResult, console: Console, json_path: Path | None, show_all
         f"device logs in {result.log_file}\n",
         highlight=False,
     )
+    if progress.failed:
+        console.print(
+            f"{progress.failed:,} screens stopped on an error (see {result.log_file}): "
+            "the run fails whatever the reconciliation says",
+            highlight=False,
+        )
     report.show(result.reconciliation, console, show_all)
     if json_path is not None:
         report.write_json(result.reconciliation, json_path, summary(result))

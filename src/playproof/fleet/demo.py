@@ -146,7 +146,8 @@ def _run_fleet(
         console.print(asyncio.run(late_line(DEFAULT_URL, result.breaks.late)), highlight=False)
     checked = evidence_check.check(url, operator)
     console.print(checked.line, highlight=False)
-    return 0 if result.reconciliation.ok and checked.ok else 1
+    clean = result.reconciliation.ok and not result.progress.failed
+    return 0 if clean and checked.ok else 1
 
 
 async def late_line(db_url: str, campaign_id: str) -> str:

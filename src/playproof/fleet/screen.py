@@ -160,6 +160,9 @@ class Screen:
         except PlayproofError as exc:
             self.failed = str(exc)
             log.error("screen %s stopped: %s", self.plan.device_id, exc)
+        except Exception as exc:  # a bug of ours: the run must say so, not end "clean"
+            self.failed = f"{type(exc).__name__}: {exc}"
+            log.exception("screen %s stopped on an unexpected error", self.plan.device_id)
 
     async def _life(self, stop: asyncio.Event) -> None:
         if await wait_event(stop, self.until(self.plan.start_ms)):
