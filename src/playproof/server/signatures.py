@@ -3,10 +3,11 @@
 What needs no cryptography is decided at once, on the event loop: a version-1
 record from a device that must sign, a version-2 record whose `key_id` is not
 a key of the device active when it was received. The Ed25519 verifications
-left over (60-130 µs of CPU each, more than everything else ingest does for a
-record) run in a thread pool across the cores: `cryptography` releases the GIL
-while it verifies. Like the group committer, a checker coalesces: the records
-of every batch that queues while the workers are busy go to the pool together
+left over (about 63 µs of CPU each here, more than everything else ingest does
+for a record) run in a thread pool across the cores: PyNaCl (libsodium, through
+cffi) releases the GIL while it verifies. Like the group committer, a checker
+coalesces: the records of every batch that queues while the workers are busy go
+to the pool together
 in the next job, so that a flood of one-record stream frames does not pay a
 pool hand-off per frame. A batch with nothing to verify (a device without keys
 sending version 1) never touches the pool.
@@ -22,13 +23,13 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Final, NamedTuple
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from nacl.signing import VerifyKey
 
 from playproof.errors import StoreUnavailable
 from playproof.protocol import Record
 from playproof.rules import BAD_SIGNATURE, Verdict, reject
 from playproof.server.metrics import Metrics
-from playproof.signing import signature_error
+from playproof.signing import signature_error, verify_key
 from playproof.stores.base import BatchWrite, DeviceInfo, DeviceKey, Judged
 
 # Verdicts decided before the signature in PROTOCOL.md's order: such a record is
@@ -89,17 +90,17 @@ def judge_signature(
         return verdict
     found = refusal(record, device, received_at)
     if isinstance(found, DeviceKey):
-        public = Ed25519PublicKey.from_public_bytes(bytes.fromhex(found.public_key))
+        public = verify_key(bytes.fromhex(found.public_key))
         found = signature_error(record, public)
     return _refused(found) if found else verdict
 
 
-def _verify_all(jobs: Sequence[tuple[Record, Ed25519PublicKey]]) -> list[str]:
+def _verify_all(jobs: Sequence[tuple[Record, VerifyKey]]) -> list[str]:
     return [signature_error(record, key) for record, key in jobs]
 
 
 class _Request(NamedTuple):
-    jobs: list[tuple[Record, Ed25519PublicKey]]
+    jobs: list[tuple[Record, VerifyKey]]
     future: asyncio.Future[list[str]]
 
 
@@ -113,7 +114,7 @@ class SignatureChecker:
         self._queue: deque[_Request] = deque()
         self._wakeup: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._keys: dict[tuple[str, str, str], Ed25519PublicKey] = {}
+        self._keys: dict[tuple[str, str, str], VerifyKey] = {}
 
     async def apply(self, write: BatchWrite, device: DeviceInfo) -> BatchWrite:
         """The batch with `bad_signature` verdicts where PROTOCOL.md's order puts them.
@@ -125,7 +126,7 @@ class SignatureChecker:
             return write  # version 1 from a device that need not sign: nothing to do
         judged = list(write.judged)
         pending: list[int] = []
-        jobs: list[tuple[Record, Ed25519PublicKey]] = []
+        jobs: list[tuple[Record, VerifyKey]] = []
         for i, (item, verdict) in enumerate(judged):
             if not isinstance(item, Record) or verdict.reason in _BEFORE_SIGNATURE:
                 continue
@@ -150,7 +151,7 @@ class SignatureChecker:
                     self._metrics.signature_checks.labels(result).inc(n)
         return write._replace(judged=judged)
 
-    async def verify(self, jobs: list[tuple[Record, Ed25519PublicKey]]) -> list[str]:
+    async def verify(self, jobs: list[tuple[Record, VerifyKey]]) -> list[str]:
         """Verify signatures in the pool, with whatever else is queued; each one's error.
 
         A large batch is cut into one part per worker, so that it alone keeps every core
@@ -176,14 +177,14 @@ class SignatureChecker:
         """Whether the pool and its workers exist: not before the first signature to verify."""
         return self._pool is not None
 
-    def _key(self, key: DeviceKey) -> Ed25519PublicKey:
+    def _key(self, key: DeviceKey) -> VerifyKey:
         cache_key = (key.device_id, key.key_id, key.public_key)
         found = self._keys.get(cache_key)
         if found is None:
             if len(self._keys) >= KEY_CACHE_ENTRIES:
                 self._keys.clear()
             # Registration refused small-order and non-canonical keys: what is stored is good.
-            found = Ed25519PublicKey.from_public_bytes(bytes.fromhex(key.public_key))
+            found = verify_key(bytes.fromhex(key.public_key))
             self._keys[cache_key] = found
         return found
 
