@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import re
 import secrets
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -33,7 +31,7 @@ from rich.table import Table
 
 import loadgen
 import playproof
-from loadgen import Device, Result
+from loadgen import Device, Result, count_rows
 from playproof.server import admin
 from signed import provision_signed
 
@@ -134,24 +132,6 @@ def provision_baseline(db_path: Path, ids: list[str]) -> list[Device]:
         raise SystemExit(hint) from None
     tokens = provision(db_path, ids)
     return [Device(i, tokens[i]) for i in ids]
-
-
-def count_rows(db_url: str) -> int:
-    """Rows in the impressions table of a sqlite:/// or postgresql:// database."""
-    if db_url.startswith(("postgresql://", "postgres://")):
-        import psycopg
-
-        with psycopg.connect(db_url) as conn:
-            row = conn.execute("SELECT count(*) FROM impressions").fetchone()
-            return int(row[0]) if row else 0
-    path = db_url.removeprefix("sqlite:///")
-    if not Path(path).exists():
-        return 0
-    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
-        try:
-            return int(conn.execute("SELECT count(*) FROM impressions").fetchone()[0])
-        except sqlite3.OperationalError:
-            return 0
 
 
 # --- sampling the server -----------------------------------------------------------

@@ -14,11 +14,13 @@ import contextlib
 import hashlib
 import math
 import resource
+import sqlite3
 import time
 import zlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from time import perf_counter
 from typing import Protocol
 
@@ -545,3 +547,21 @@ async def run_paced(
         await close_all(conns)
     params = f"{len(devices)} conns × 1 rec/s, {seconds} s"
     return Result("paced", params, tally, warm.accepted + tally.accepted, warm.errors)
+
+
+def count_rows(db_url: str) -> int:
+    """Rows in the impressions table of a sqlite:/// or postgresql:// database."""
+    if db_url.startswith(("postgresql://", "postgres://")):
+        import psycopg
+
+        with psycopg.connect(db_url) as conn:
+            row = conn.execute("SELECT count(*) FROM impressions").fetchone()
+            return int(row[0]) if row else 0
+    path = db_url.removeprefix("sqlite:///")
+    if not Path(path).exists():
+        return 0
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+        try:
+            return int(conn.execute("SELECT count(*) FROM impressions").fetchone()[0])
+        except sqlite3.OperationalError:
+            return 0

@@ -40,7 +40,6 @@ import re
 import resource
 import secrets
 import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -53,10 +52,9 @@ from time import perf_counter
 from typing import cast
 
 import httpx
-import msgspec
 import uvloop
 
-from loadgen import Chunk, Device, stream_frame, take
+from loadgen import Chunk, Device, _answer, count_rows, stream_frame, take
 
 BENCH = Path(__file__).resolve().parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -334,18 +332,6 @@ def quantile(values: list[float], q: float) -> float:
 # --- the generator: WebSocket over raw asyncio protocols -------------------------------
 
 
-class _Ack(msgspec.Struct):
-    result: str
-    reason: str | None = None
-
-
-class _Answer(msgspec.Struct):
-    id: int | None = None
-    acks: list[_Ack] = []
-    error: str | None = None
-
-
-_answer = msgspec.json.Decoder(_Answer)
 _MASK = b"\x00\x00\x00\x00"
 
 
@@ -554,24 +540,6 @@ async def provision(db_url: str, count: int) -> list[Device]:
             Device(d, await admin.add_device(store, d, "store-1"), screenshots=True)
             for d in (f"bench-{tag}-{i:05d}" for i in range(count))
         ]
-
-
-def count_rows(db_url: str) -> int:
-    """Rows in the impressions table."""
-    if db_url.startswith(("postgresql://", "postgres://")):
-        import psycopg
-
-        with psycopg.connect(db_url) as conn:
-            row = conn.execute("SELECT count(*) FROM impressions").fetchone()
-            return int(row[0]) if row else 0
-    path = db_url.removeprefix("sqlite:///")
-    if not Path(path).exists():
-        return 0
-    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
-        try:
-            return int(conn.execute("SELECT count(*) FROM impressions").fetchone()[0])
-        except sqlite3.OperationalError:
-            return 0
 
 
 # --- saturation ------------------------------------------------------------------------------
