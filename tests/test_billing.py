@@ -30,7 +30,6 @@ from playproof.billing import (
     StatementLine,
     adjustments,
     csv_row,
-    decimal_text,
     digest,
     finality,
     settled_at,
@@ -50,6 +49,7 @@ from playproof.catalog import (
     index,
 )
 from playproof.errors import CatalogError
+from playproof.money import decimal_text
 from playproof.verification import REASONS
 
 DAY_MS = 86_400_000

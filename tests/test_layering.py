@@ -27,7 +27,9 @@ ALLOWED = {
     "imaging": {"errors"},
     "verification": {"errors", "rules", "catalog", "imaging"},
     # Statement arithmetic: pure, priced from the catalog, failures named by verification.
-    "billing": {"errors", "catalog", "verification"},
+    "billing": {"errors", "catalog", "verification", "money"},
+    # Exact decimals, ISO 4217 minor units and rounding: pure, beside billing.
+    "money": {"errors", "catalog"},
     # Buyer formats: pure, rendered from the catalog, overlap as verification defines it.
     "exports": {"errors", "catalog", "verification"},
     "stores": {

@@ -28,18 +28,27 @@ bytes. (For these values this is the JSON Canonicalization Scheme, RFC 8785.)
 
 from __future__ import annotations
 
-import decimal
 import hashlib
 import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from decimal import ROUND_HALF_EVEN, Context, Decimal
+from decimal import Decimal
 from typing import Any, Final, NamedTuple
 
 import msgspec
 
-from playproof.catalog import MINOR_UNITS, Campaign, CatalogIndex
+from playproof.catalog import Campaign, CatalogIndex
 from playproof.errors import CatalogError
+from playproof.money import (
+    EXACT,
+    decimal_text,
+    exact_product,
+    exact_sum,
+    minor_units,
+    money_text,
+    round_amount,
+    zero_amount,
+)
 from playproof.verification import REASONS
 
 PROVISIONAL: Final = "provisional"
@@ -176,81 +185,6 @@ CSV_COLUMNS: Final = tuple(
 )
 
 
-# --- exact arithmetic -------------------------------------------------------------
-
-# Decimal's default context rounds to 28 digits, and catalog decimals may have
-# any number: a billed amount must never depend on that. Each operation below gets
-# its own context whose precision is computed from its operands so it cannot
-# round (a product has at most as many digits as its factors together; a sum at
-# most its widest aligned term plus the carries), with the widest exponent range.
-# The traps turn any mistake in that reasoning into an error, never a silently
-# different invoice. Only `round_amount` rounds, and only where it is asked to.
-_EXACT_TRAPS: Final = [
-    decimal.Inexact,
-    decimal.Rounded,
-    decimal.InvalidOperation,
-    decimal.Overflow,
-    decimal.Underflow,
-    decimal.Clamped,
-]
-
-
-def _context(prec: int, traps: list[type[decimal.DecimalException]]) -> Context:
-    low, high = decimal.MIN_EMIN, decimal.MAX_EMAX
-    return Context(prec=max(prec, 1), rounding=ROUND_HALF_EVEN, Emin=low, Emax=high, traps=traps)
-
-
-def _exact_context(digits: int) -> Context:
-    return _context(digits, _EXACT_TRAPS)
-
-
-# For steps that only move the exponent or drop zeros (scaleb, normalize): never rounds.
-_EXACT: Final = _exact_context(decimal.MAX_EMAX)
-
-
-def _product(*factors: Decimal) -> Decimal:
-    context = _exact_context(sum(len(f.as_tuple().digits) for f in factors))
-    result = Decimal(1)
-    for factor in factors:
-        result = context.multiply(result, factor)
-    return result
-
-
-def _sum(values: Sequence[Decimal]) -> Decimal:
-    """The exact sum of at least one decimal."""
-    # Every value here is finite (catalog decimals, counts), so exponents are ints.
-    shapes = [(len(v.as_tuple().digits), int(v.as_tuple().exponent)) for v in values]
-    low = min(exponent for _, exponent in shapes)
-    widest = max(digits + exponent - low for digits, exponent in shapes)
-    context = _exact_context(widest + len(str(len(values))))
-    total = values[0]
-    for value in values[1:]:
-        total = context.add(total, value)
-    return total
-
-
-def minor_units(currency: str | None) -> int:
-    """Digits after the point of the currency's minor unit (none for no currency)."""
-    if currency is None:
-        return 0
-    if currency not in MINOR_UNITS:
-        raise CatalogError(f"currency: expected an ISO 4217 code such as 'EUR', got {currency!r}")
-    return MINOR_UNITS[currency]
-
-
-def round_amount(value: Decimal, currency: str | None) -> Decimal:
-    """`value` rounded half-even to the currency's minor unit (0.125 EUR → 0.12)."""
-    digits = minor_units(currency)
-    # Room for the integer part, the minor digits and one carry (9.995 → 10.00).
-    prec = max(value.adjusted(), 0) + digits + 2
-    context = _context(prec, [decimal.InvalidOperation])
-    return value.quantize(Decimal(1).scaleb(-digits), context=context)
-
-
-def _zero(currency: str | None) -> Decimal:
-    return round_amount(Decimal(0), currency)
-
-
 # --- lines -------------------------------------------------------------------------
 
 
@@ -286,11 +220,11 @@ def statement_lines(counts: Iterable[PlayCounts], catalog: CatalogIndex) -> list
 def _priced(counts: PlayCounts, campaign: Campaign, currency: str | None) -> dict[str, Any]:
     _check_billable(counts, campaign, currency)
     qty, price = campaign.impressions_per_play, campaign.price
-    impressions = _product(Decimal(counts.verified), qty.multiplier_decimal())
+    impressions = exact_product(Decimal(counts.verified), qty.multiplier_decimal())
     if price.model == PER_PLAY:
-        exact = _product(Decimal(counts.verified), price.amount_decimal())
+        exact = exact_product(Decimal(counts.verified), price.amount_decimal())
     elif price.model == CPM:
-        exact = _product(impressions, price.amount_decimal()).scaleb(_CPM_SCALE, _EXACT)
+        exact = exact_product(impressions, price.amount_decimal()).scaleb(_CPM_SCALE, EXACT)
     else:
         at = f"campaigns[{campaign.campaign_id}].price.model"
         raise CatalogError(f"{at}: expected 'per_play' or 'cpm', got {price.model!r}")
@@ -311,7 +245,7 @@ def _unpriced(counts: PlayCounts, currency: str | None) -> dict[str, Any]:
             f"to price {counts.verified} verified plays, got none"
         )
     nothing = ("sourcetype", "vendor", "price_model", "price_amount")
-    return {"impressions": Decimal(0), **dict.fromkeys(nothing), "amount": _zero(currency)}
+    return {"impressions": Decimal(0), **dict.fromkeys(nothing), "amount": zero_amount(currency)}
 
 
 def _by_reason(counts: Mapping[str, int]) -> dict[str, int]:
@@ -438,11 +372,11 @@ def _adjust(
 def _delta(
     new: StatementLine | None, old: StatementLine | None, field: str, currency: str | None
 ) -> Decimal:
-    zero = _zero(currency) if field == "amount" else Decimal(0)
+    zero = zero_amount(currency) if field == "amount" else Decimal(0)
     after = getattr(new, field) if new else zero
     before = getattr(old, field) if old else zero
     # Both amounts are on the currency's grid already, so their difference is too.
-    return _sum([after, before.copy_negate()])
+    return exact_sum([after, before.copy_negate()])
 
 
 # --- statements and totals ------------------------------------------------------------
@@ -510,19 +444,19 @@ def _total(
     adjusted: Sequence[AdjustmentLine],
 ) -> Totals:
     supplier_id, currency = scope
-    zero = _zero(currency)
-    amount = _sum([zero, *(x.amount for x in lines)])
-    corrections = _sum([zero, *(x.amount for x in adjusted)])
+    zero = zero_amount(currency)
+    amount = exact_sum([zero, *(x.amount for x in lines)])
+    corrections = exact_sum([zero, *(x.amount for x in adjusted)])
     reasons = {r: sum(x.failed_by_reason.get(r, 0) for x in lines) for r in REASONS}
     return Totals(
         supplier_id=supplier_id,
         currency=currency,
         **{f: sum(getattr(x, f) for x in lines) for f in _COUNTED},
         failed_by_reason=_by_reason(reasons),
-        impressions=_sum([Decimal(0), *(x.impressions for x in lines)]),
+        impressions=exact_sum([Decimal(0), *(x.impressions for x in lines)]),
         amount=amount,
         adjustments=corrections,
-        amount_due=_sum([amount, corrections]),
+        amount_due=exact_sum([amount, corrections]),
     )
 
 
@@ -610,20 +544,6 @@ _ORDER: Final = (
 def _canonical_json(value: Any) -> bytes:
     text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return text.encode()
-
-
-def decimal_text(value: Decimal) -> str:
-    """A decimal in plain notation without trailing zeros: `14.2`, `1000`, `0`."""
-    plain = format(value.normalize(_EXACT), "f")
-    return "0" if value.is_zero() else plain
-
-
-def money_text(value: Decimal, currency: str | None) -> str:
-    """An amount with exactly its currency's minor digits: `12.50` EUR, `125` JPY."""
-    rounded = round_amount(value, currency)
-    if rounded != value:
-        raise ValueError(f"expected an amount in whole {currency} minor units, got {value}")
-    return format(rounded.copy_abs() if rounded.is_zero() else rounded, "f")
 
 
 def rfc3339(ms: int) -> str:
