@@ -510,7 +510,13 @@ async def test_a_panel_seen_off_during_a_play_is_recorded_off(
     dark = await recorder.start(content(expected_ms=1000))
     await eventually(_async(lambda: monitor.last_state == "on"), 10, "the start's reading")
     (folder / "dpms").write_text("Off\n")
-    await monitor.observe()  # the screenshot moment (or the poller): the panel is off
+
+    async def read_off() -> bool:
+        # The screenshot moment (or the poller). A reading already under way when the
+        # panel went off may still say `on`: the next one sees it.
+        return (await monitor.observe()).state == "off"
+
+    await eventually(read_off, 10, "a reading after the panel went off")
     record = await dark.end()
     assert record.panel_state == "off" and record.panel_source == "drm"
     await monitor.aclose()
