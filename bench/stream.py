@@ -54,6 +54,8 @@ from typing import cast
 import httpx
 import uvloop
 
+import ingest
+from ingest import UNLIMITED
 from loadgen import Chunk, Device, _answer, count_rows, stream_frame, take
 
 BENCH = Path(__file__).resolve().parent
@@ -65,8 +67,6 @@ ECHO_ACK = (
     b'{"id":0,"received_at":1733390000000,"skew_ms":0,'
     b'"acks":[{"seq":1,"result":"accepted","status":"valid","quality":100}]}'
 )
-# The per-device request rate limit is policy, not capacity: lifted for the run.
-UNLIMITED = {"PLAYPROOF_LIMITS_DEVICE_RATE": "1000000", "PLAYPROOF_LIMITS_DEVICE_BURST": "1000000"}
 
 
 # --- the servers, each in its own process ------------------------------------------
@@ -143,33 +143,14 @@ def log_gc_pauses() -> None:
     gc.callbacks.append(timed)
 
 
-class Server:
-    """A server in its own process, announcing its URL on stderr."""
+class Server(ingest.Server):
+    """A server in its own process announcing its URL on stderr; pinned to SERVER_CORE
+    when `pin`, with a longer log kept (its GC pauses and metrics address)."""
 
     def __init__(self, name: str, cmd: list[str], pin: bool, env: dict[str, str]) -> None:
-        self.name = name
-        self.cmd = (["taskset", "-c", str(SERVER_CORE)] if pin else []) + cmd
-        self.env = {**os.environ, **env}
-        self.log: deque[str] = deque(maxlen=400)
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> str:
-        """Start it; its URL once it serves."""
-        self.proc = subprocess.Popen(self.cmd, stderr=subprocess.PIPE, env=self.env)
-        assert self.proc.stderr is not None
-        ready = re.compile(rb"serving on (http://\S+)")
-        for line in self.proc.stderr:
-            self.log.append(line.decode(errors="replace").rstrip())
-            found = ready.search(line)
-            if found:
-                threading.Thread(target=self._pump, daemon=True).start()
-                return found.group(1).decode()
-        raise RuntimeError(f"{self.name} did not start:\n" + "\n".join(self.log))
-
-    def _pump(self) -> None:
-        assert self.proc is not None and self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.log.append(line.decode(errors="replace").rstrip())
+        pinned = (["taskset", "-c", str(SERVER_CORE)] if pin else []) + cmd
+        super().__init__(name, pinned, "serving on", env)
+        self.log = deque(maxlen=400)
 
     @property
     def pid(self) -> int:
@@ -190,17 +171,6 @@ class Server:
             for name, value in re.findall(r"^(\w+) ([0-9.e+]+)$", text, re.MULTILINE)
             if name in wanted
         }
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL if it lingers."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
 
 
 def playproof_server(args: argparse.Namespace, db_url: str, pin: bool) -> Server:
