@@ -50,6 +50,12 @@ class KeyEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     entry_hash: str
 
 
+def active_between(registered_at: int, revoked_at: int | None, at_ms: int) -> bool:
+    """Whether a record received at `at_ms` may be signed with a key registered at
+    `registered_at` and revoked at `revoked_at` (None: never): [registered_at, revoked_at)."""
+    return registered_at <= at_ms and (revoked_at is None or at_ms < revoked_at)
+
+
 class KeyWindow(NamedTuple):
     """When a key of a device could sign: records received in [registered_at, revoked_at)."""
 
@@ -59,7 +65,7 @@ class KeyWindow(NamedTuple):
 
     def active_at(self, at_ms: int) -> bool:
         """Whether a record received at `at_ms` may be signed with this key."""
-        return self.registered_at <= at_ms and (self.revoked_at is None or at_ms < self.revoked_at)
+        return active_between(self.registered_at, self.revoked_at, at_ms)
 
 
 def canonical(fields: dict[str, Any]) -> bytes:

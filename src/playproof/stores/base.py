@@ -17,7 +17,7 @@ from msgspec import UNSET
 from msgspec.structs import astuple
 
 from playproof.catalog import Catalog, Change
-from playproof.keylog import KeyEntry
+from playproof.keylog import KeyEntry, active_between
 from playproof.protocol import Ack, InvalidRecord, Record, Status, record_json
 from playproof.rules import (
     Gap,
@@ -79,8 +79,9 @@ class DeviceKey(NamedTuple):
     revoked_by: str | None = None
 
     def active_at(self, at_ms: int) -> bool:
-        """Whether a record received at `at_ms` may be signed with this key."""
-        return self.registered_at <= at_ms and (self.revoked_at is None or at_ms < self.revoked_at)
+        """Whether a record received at `at_ms` may be signed with this key (the service
+        and a buyer's `verify-evidence` apply one rule)."""
+        return active_between(self.registered_at, self.revoked_at, at_ms)
 
 
 class DeviceInfo(NamedTuple):
