@@ -293,6 +293,7 @@ async def _back_to_version_1(url: str) -> None:
         "DROP TABLE exports",
         "ALTER TABLE journals DROP COLUMN gap_count",
         "ALTER TABLE journals DROP COLUMN suspect",
+        "DROP TABLE device_changes",
         "DROP TABLE key_log",
         "DROP TABLE device_keys",
         "ALTER TABLE devices DROP COLUMN self_enrol",
@@ -305,14 +306,22 @@ async def _back_to_version_1(url: str) -> None:
     if url.startswith("sqlite"):
         import sqlite3
 
+        triggers = [
+            f"DROP TRIGGER devices_{change}" for change in ("inserted", "updated", "deleted")
+        ]
         with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
-            for sql in [*drops, "PRAGMA user_version = 1"]:
+            for sql in [*triggers, *drops, "PRAGMA user_version = 1"]:
                 conn.execute(sql)
         return
     import psycopg
 
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        for sql in [*drops, "DELETE FROM schema_version WHERE version >= 2"]:
+        triggers = [
+            "DROP TRIGGER devices_changed ON devices",
+            "DROP TRIGGER device_keys_changed ON device_keys",
+            "DROP FUNCTION device_changed",
+        ]
+        for sql in [*triggers, *drops, "DELETE FROM schema_version WHERE version >= 2"]:
             await conn.execute(sql.encode())
 
 

@@ -1,25 +1,36 @@
 """Device tokens: minted at random, stored as hashes, checked in constant time.
 
 A token carries 192 random bits, so one round of SHA-256 is a safe way to keep
-it: there is nothing to brute-force. Lookups are cached for a couple of seconds
-so that a busy device costs no database read per request; a revocation made
-from the CLI in another process takes effect within that time.
+it: there is nothing to brute-force. Lookups are cached so that a busy device
+costs no database read per request. A device's entry is trusted for as long as
+the store's device version (a number its triggers move on any change to a device
+or its keys, whoever makes it: this process, the CLI, another node) has not
+moved; `Authenticator.watch` reads that one number every second. A revocation
+then takes effect within about a second, and 10,000 connected screens cost one
+read a second instead of one per screen every cache period (issue 17). When the
+version cannot be read, entries fall back to expiring after a couple of seconds.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Final, Generic, TypeVar
 
-from playproof.errors import Forbidden, Unauthenticated
+from playproof.errors import Forbidden, StoreError, Unauthenticated
 from playproof.stores.base import DeviceInfo, Store
+
+log = logging.getLogger(__name__)
 
 TOKEN_PREFIX: Final = "ppd_"  # noqa: S105 (a prefix, not a secret)
 CACHE_SECONDS: Final = 2.0
+# How often the device version is read (the longest a change made elsewhere goes unseen).
+WATCH_SECONDS: Final = 1.0
 
 T = TypeVar("T")
 # Called before a token is looked up in the store; raises to refuse (auth failures, guard.py).
@@ -48,8 +59,11 @@ def bearer_token(header: str | None) -> str:
 
 
 class TokenCache(Generic[T]):
-    """What a token hash stands for, looked up once per `seconds` and kept in bounded memory.
+    """What a token hash stands for, looked up once and kept in bounded memory.
 
+    An entry is trusted for `seconds` after it was read, and for as long after that
+    as `confirm` keeps saying nothing changed (the store's version stays the same,
+    confirmed within the last `seconds`). A new version forgets every entry.
     Misses are cached too, so that a flood of one unknown token costs one
     database read per period; past `max_entries` the cache starts afresh.
     """
@@ -63,27 +77,45 @@ class TokenCache(Generic[T]):
         self._lookup = lookup
         self._seconds = seconds
         self._max_entries = max_entries
-        self._entries: dict[str, tuple[float, T]] = {}
+        # token hash -> (trusted until, generation read in, answer)
+        self._entries: dict[str, tuple[float, int, T]] = {}
+        self._generation = 0
+        self._version: int | None = None
+        self._confirmed_until = float("-inf")
 
     async def get(self, token_hash: str, before_lookup: BeforeLookup | None = None) -> T:
-        """The cached answer for a token hash, looked up again once it is older than `seconds`.
+        """The cached answer for a token hash, looked up again once it is no longer trusted.
 
         `before_lookup` runs only when the store is to be asked, and may refuse by raising.
         """
         hit = self._entries.get(token_hash)
-        if hit is not None and hit[0] > time.monotonic():
-            return hit[1]
+        if hit is not None and hit[1] == self._generation:
+            now = time.monotonic()
+            if hit[0] > now or self._confirmed_until > now:
+                return hit[2]
         if before_lookup is not None:
             before_lookup()
+        generation = self._generation
         found = await self._lookup(token_hash)
         if len(self._entries) >= self._max_entries:
             self._entries.clear()
-        self._entries[token_hash] = (time.monotonic() + self._seconds, found)
+        # Read across a change of version, the answer may predate it: used once, not kept.
+        if generation == self._generation:
+            self._entries[token_hash] = (time.monotonic() + self._seconds, generation, found)
         return found
+
+    def confirm(self, version: int, read_at: float) -> None:
+        """The store's version as read at `read_at` (monotonic, taken before the read):
+        the entries stay trusted if it has not moved, and are all forgotten if it has."""
+        if version != self._version:
+            self._version = version
+            self._generation += 1
+            self._entries.clear()
+        self._confirmed_until = read_at + self._seconds
 
     def forget(self, stale: Callable[[T], bool]) -> None:
         """Drop the entries whose answer is `stale`: they are looked up again when next asked."""
-        for token_hash in [h for h, (_, found) in self._entries.items() if stale(found)]:
+        for token_hash in [h for h, (_, _, found) in self._entries.items() if stale(found)]:
             del self._entries[token_hash]
 
 
@@ -118,8 +150,25 @@ class Authenticator:
     def forget_device(self, device_id: str) -> None:
         """Look the device up again on its next request: its keys changed in this process
         (server/keys.py). A change made elsewhere (the CLI, another node) reaches this
-        process within the cache time."""
+        process at the next read of the device version."""
         self._cache.forget(lambda found: found is not None and found.device_id == device_id)
+
+    async def watch(self, every_s: float = WATCH_SECONDS) -> None:
+        """Read the store's device version every `every_s`, for as long as the service runs."""
+        failing = False
+        while True:
+            read_at = time.monotonic()
+            try:
+                version = await self._store.device_version()
+            except StoreError as exc:
+                # The entries expire on their own meanwhile: nothing is trusted unconfirmed.
+                if not failing:
+                    log.warning("cannot read the device version (%s); tokens expire instead", exc)
+                failing = True
+            else:
+                self._cache.confirm(version, read_at)
+                failing = False
+            await asyncio.sleep(every_s)
 
     async def _find(self, wanted: str) -> DeviceInfo | None:
         found = await self._store.device_for_token(wanted)

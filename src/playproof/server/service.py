@@ -97,6 +97,7 @@ class Service:
         )
         self.verifier = Verifier(self.store, self.clock, self.policy, self.limits, self.metrics)
         self._gauges: asyncio.Task[None] | None = None
+        self._watch: asyncio.Task[None] | None = None
         self._health_logged_at = float("-inf")
         self._health_failures = 0
 
@@ -112,6 +113,7 @@ class Service:
         self.committer.start()
         await self._count_gaps()
         self._gauges = asyncio.create_task(self._refresh_gauges())
+        self._watch = asyncio.create_task(self.auth.watch())
         if self.verify:
             self.verifier.start()
         if self.clock_info is not None:
@@ -119,10 +121,11 @@ class Service:
 
     async def stop(self) -> None:
         """Stop committing and close the store."""
-        if self._gauges is not None:
-            self._gauges.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._gauges
+        for task in (self._gauges, self._watch):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.verifier.stop()
         await self.committer.stop()
         await self.signatures.stop()

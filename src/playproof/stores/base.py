@@ -239,6 +239,10 @@ class Store(Protocol):
     async def device_for_token(self, token_hash: str) -> Credential | None:
         """The device holding this token hash, revoked or not, with the stored hash."""
 
+    async def device_version(self) -> int:
+        """A number that moves whenever a device or a device key is added or changed,
+        by anyone (triggers move it): what cached credentials are checked against."""
+
     async def get_device(self, device_id: str) -> DeviceInfo | None:
         """One registered device."""
 

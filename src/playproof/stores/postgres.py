@@ -298,6 +298,11 @@ class PostgresStore:
         async with self._connection("look up a token") as conn:
             return await postgres_keys.credential(conn, token_hash)
 
+    async def device_version(self) -> int:
+        """The device table's version (moved by triggers on devices and device_keys)."""
+        rows = await self._fetch("read the device version", "SELECT version FROM device_changes")
+        return int(rows[0][0])
+
     async def get_device(self, device_id: str) -> DeviceInfo | None:
         """One registered device."""
         async with self._connection("look up a device") as conn:

@@ -219,6 +219,12 @@ class SqliteStore:
         """The device holding this token hash, with the stored hash."""
         return await self._read("look up a token", lambda c: sqlite_keys.credential(c, token_hash))
 
+    async def device_version(self) -> int:
+        """The device table's version (moved by triggers on devices and device_keys)."""
+        sql = "SELECT version FROM device_changes"
+        row = await self._read("read the device version", lambda c: c.execute(sql).fetchone())
+        return int(row[0])
+
     async def get_device(self, device_id: str) -> DeviceInfo | None:
         """One registered device."""
         return await self._read("look up a device", lambda c: sqlite_keys.device(c, device_id))
