@@ -873,7 +873,7 @@ async def run_paced(
     finally:
         server.stop()
     for line in server.log:
-        if line.startswith("gc pause"):
+        if line.startswith(("gc pause", "SLOW", "CKPT", "RESTARTCK")):
             print(f"  {line}")
     print(
         f"paced: {r.connections:,} connections × 1 frame every {r.period:g} s "

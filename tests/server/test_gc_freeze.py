@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from playproof.server.runner import keep_frozen
+from playproof.server.collector import keep_frozen, resident_bytes
 
 
 class Node:
@@ -60,6 +60,13 @@ async def test_a_cycle_frozen_between_thaws_waits_for_the_thaw() -> None:
     assert watched() is None, "thawed, it is collected"
 
 
+def test_resident_memory_is_read_and_grows_with_what_is_allocated() -> None:
+    before = resident_bytes()
+    held = b"x" * (32 * 1024 * 1024)
+    assert resident_bytes() - before >= 30 * 1024 * 1024
+    del held
+
+
 async def test_a_thaw_on_time_collects_cycles() -> None:
     watched = cycle()
     await run_briefly(thaw_every_s=0, thaw_growth=10**9)
@@ -68,10 +75,13 @@ async def test_a_thaw_on_time_collects_cycles() -> None:
 
 async def test_a_thaw_on_growth_collects_cycles() -> None:
     watched = cycle()
-    task = asyncio.create_task(keep_frozen(every_s=0.01, thaw_every_s=3600, thaw_growth=1000))
+    growth = 16 * 1024 * 1024
+    task = asyncio.create_task(keep_frozen(every_s=0.01, thaw_every_s=3600, thaw_growth=growth))
     await asyncio.sleep(0.05)
-    # More than `thaw_growth` new objects frozen since the last thaw: the next round thaws.
-    grown = [Node() for _ in range(5000)]
+    assert watched() is not None, "no thaw before the memory grows"
+    # Resident memory grown by more than `thaw_growth` since the last thaw: the next round
+    # thaws (bytes written, so that every page is resident).
+    grown = b"x" * (4 * growth)
     for _ in range(50):
         await asyncio.sleep(0.01)
         if watched() is None:

@@ -8,7 +8,6 @@ import gc
 import logging
 import socket
 import sys
-import time
 from collections.abc import Callable, Generator
 from typing import Any, NamedTuple
 
@@ -19,18 +18,13 @@ from playproof.errors import ConfigError
 from playproof.listen import bind
 from playproof.protocol import MAX_BATCH_BYTES
 from playproof.server.app import create_app, create_metrics_app
+from playproof.server.collector import GC_YOUNG_THRESHOLD, keep_frozen
 from playproof.server.service import Service
 from playproof.server.stream import MAX_FRAME_BYTES
 
 log = logging.getLogger("playproof")
 
 
-# Objects older than this are kept out of full collections; all are collected hourly, or
-# once the frozen ones have tripled (keep_frozen).
-FREEZE_EVERY_S = 1.0
-GC_YOUNG_THRESHOLD = 7_000
-THAW_EVERY_S = 3600.0
-THAW_GROWTH_OBJECTS = 1_000_000
 # How long a thread holds the GIL while another waits for it (Python's default: 5 ms).
 SWITCH_INTERVAL_S = 0.0005
 # The WebSocket implementation uvicorn runs the stream on. bench/stream.py measures the
@@ -120,44 +114,6 @@ async def _announce(listeners: list[_Listener], ready: Callable[[str], None]) ->
             flush=True,
         )
     ready(listeners[0].url)
-
-
-async def keep_frozen(
-    every_s: float = FREEZE_EVERY_S,
-    thaw_every_s: float = THAW_EVERY_S,
-    thaw_growth: int = THAW_GROWTH_OBJECTS,
-) -> None:
-    """Keep what has lived a while out of the garbage collector's full collections.
-
-    A full (generation-2) collection walks every tracked object: with 10,000 stream
-    connections that is about 2 million (some 200 a connection: uvicorn's protocol,
-    the WebSocket state, headers, the session and its task), and it paused the event
-    loop for 0.1-2.3 s, several times a minute while connections opened and then
-    whenever enough survivors piled up (issue 17, `bench/stream.py --gc-log`). So every
-    `every_s` whatever exists is frozen (`gc.freeze`, a constant-time move): it is freed
-    by reference counting as before, but a full collection no longer walks it. What that
-    costs is reference cycles among frozen objects: they stay until the next thaw. So
-    everything is thawed and collected once (one long pause) every `thaw_every_s`, and
-    sooner when the frozen objects have tripled (grown by at least `thaw_growth`): a
-    flood of connections opened and dropped cannot pile up its garbage for an hour (it
-    stays within twice the live objects' count; measured, a connection and its frames
-    leave about one object in a cycle), and the pauses stay proportional to the growth,
-    as with the collector's own rule for full collections. Ramping up to 10,000
-    connections then costs one full collection (about 1 s here) instead of a dozen.
-    """
-    thawed_at = time.monotonic()
-    base = gc.get_freeze_count()
-    while True:
-        await asyncio.sleep(every_s)
-        grown = gc.get_freeze_count() - base
-        if time.monotonic() - thawed_at >= thaw_every_s or grown > max(thaw_growth, 2 * base):
-            gc.unfreeze()
-            gc.collect()
-            thawed_at = time.monotonic()
-            gc.freeze()
-            base = gc.get_freeze_count()
-        else:
-            gc.freeze()
 
 
 def _print_ready(url: str) -> None:
