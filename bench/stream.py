@@ -795,7 +795,7 @@ async def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="playproof-stream-", dir=args.tmp) as tmp:
         db_url = args.db or f"sqlite:///{Path(tmp) / 'playproof.db'}"
         fsync_dir = Path(db_url.removeprefix("sqlite:///")).parent if not args.db else Path(tmp)
-        modes = args.mode.split(",")
+        modes = ["saturation", "paced"] if args.mode == "both" else args.mode.split(",")
         if "saturation" in modes:
             clean &= await run_saturation(args, db_url, pin)
         if "paced" in modes:

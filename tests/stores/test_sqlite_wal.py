@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
@@ -34,3 +35,32 @@ async def test_the_wal_is_truncated_past_its_limit_while_writes_never_pause(
     assert largest <= LIMIT + 4 * one_commit, f"the WAL grew to {largest} bytes"
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT count(*) FROM impressions").fetchone()[0] == BATCHES * PER_BATCH
+
+
+def wal_salt(wal: Path) -> bytes:
+    """The WAL header's salts: SQLite changes them each time it starts the WAL over."""
+    with wal.open("rb") as f:
+        return f.read(24)[16:24]
+
+
+async def test_under_steady_writes_the_wal_starts_over_instead_of_growing(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "playproof.db"
+    store = SqliteStore(path, wal_limit_bytes=1 << 40)  # never truncated: only started over
+    await store.open()
+    wal = path.with_name(path.name + "-wal")
+    salts, seq = set(), 0
+    loop = asyncio.get_running_loop()
+    try:
+        until = loop.time() + 2.5  # five rounds of the checkpointer
+        while loop.time() < until:
+            records = [make_record(seq=seq + i, end_ts=None) for i in range(1, 11)]
+            seq += 10
+            await store.commit([batch(records)])
+            salts.add(wal_salt(wal))
+    finally:
+        await store.close()
+    assert len(salts) >= 3, "the WAL was started over at most once"
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT count(*) FROM impressions").fetchone()[0] == seq

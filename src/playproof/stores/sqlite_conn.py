@@ -87,6 +87,8 @@ class Checkpointer:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="sqlite-checkpoint")
         self._conn: sqlite3.Connection | None = None
         self._task: asyncio.Task[None] | None = None
+        # Set when a checkpoint found every frame of the WAL copied (see `caught_up`).
+        self._caught_up = False
 
     def start(self) -> None:
         """Start checkpointing."""
@@ -113,7 +115,18 @@ class Checkpointer:
         with contextlib.suppress(sqlite3.Error):
             if self._conn is None:
                 self._conn = connect(self._path)
-            self._conn.execute(f"PRAGMA wal_checkpoint({mode})")
+            busy, frames, copied = self._conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+            self._caught_up = busy == 0 and frames == copied
+
+    def caught_up(self) -> bool:
+        """Whether a checkpoint has copied the whole WAL since this was last asked.
+
+        The writer then finishes the job (see SqliteStore._restart_wal): under steady
+        writes the WAL is never wholly copied when a write begins, so SQLite never
+        restarts it from its start, and it grows until truncated.
+        """
+        found, self._caught_up = self._caught_up, False
+        return found
 
     def _last(self) -> None:
         self._checkpoint("TRUNCATE")
