@@ -8,6 +8,7 @@ import secrets
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 import pytest
 
 from playproof.config import Limits
@@ -98,3 +99,29 @@ async def test_two_verifiers_racing_decide_exactly_as_one(two_schemas: tuple[str
     finally:
         for store in (alone, raced, second):
             await store.close()
+
+
+async def test_a_screen_held_by_another_verifier_leaves_the_rest_of_its_group_to_be_decided(
+    two_schemas: tuple[str, str],
+) -> None:
+    """A turn writes several screens' decisions in one transaction; when another verifier
+    holds one of those screens, the others are still written, each alone."""
+    url = two_schemas[0]
+    store = await seeded(url, fleet_plays(3))
+    schema = url.rsplit("%3D", 1)[1]
+    held = await psycopg.AsyncConnection.connect(PG_URL)
+    try:
+        await held.execute("BEGIN")
+        lock = "SELECT pg_advisory_xact_lock(hashtext('playproof:verify:' || %s || ':scr-3'))"
+        await held.execute(lock.encode(), (schema,))
+        clock = lambda: NOON + 3_600_000  # noqa: E731
+        await Verifier(store, clock).turn()
+        states = {(d, s) for d, _, s, _ in await decided(store)}
+        assert ("scr-3", "pending") in states and ("scr-3", "verified") not in states
+        assert all(s != "pending" for d, s in states if d != "scr-3"), "the rest were decided"
+        await held.execute("ROLLBACK")
+        await Verifier(store, clock).drain()
+        assert {s for _, _, s, _ in await decided(store)} <= {"verified", "failed"}
+    finally:
+        await held.close()
+        await store.close()

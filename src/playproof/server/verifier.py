@@ -4,8 +4,8 @@ It runs inside `playproof serve` (and alone as `playproof verify`). Each turn it
 finds the screens with plays pending that were received more than the settle
 time ago (so that every earlier commit for the screen has landed), and for
 each decides its pending plays one after another in stored order
-(`verification.decide_screen`), writing the decisions, their log rows and the
-verification rollup in one transaction. Screenshots named by those plays are
+(`verification.decide_screen`); the decisions of several screens, up to SAVE_PLAYS,
+are written with their log rows and the verification rollup in one transaction. Screenshots named by those plays are
 fingerprinted first, off the event loop, once per blob.
 
 Crash-safe by construction: a decision is written only where the play is
@@ -33,13 +33,20 @@ from playproof.server.metrics import Metrics
 from playproof.stores import verification_queries as vq
 from playproof.stores.base import Store
 from playproof.stores.verdicts import CatalogState, Facts
-from playproof.verification import Booked, decide_screen
+from playproof.verification import Booked, Decision, Play, decide_screen
 
 log = logging.getLogger(__name__)
 
 IDLE_S: Final = 0.5
 THROUGHPUT_WINDOW_S: Final = 60.0
 SCREENS_PER_TURN: Final = 500
+# Decisions a write transaction carries (several screens' when they have few plays each):
+# more would save fsyncs, but hold SQLite's one writer longer in front of ingest's
+# commits; at 200 the stream's ack p99 rose 4-7 ms, at 50 it did not (issue 17,
+# bench/stream.py --mode paced with the verifier in serve).
+SAVE_PLAYS: Final = 50
+
+Verdict = tuple[Play, Decision]
 
 
 class Verifier:
@@ -109,13 +116,19 @@ class Verifier:
         now = self._clock()
         watermark = now - self._limits.verify_settle_ms
         await self._refresh()
-        decided = 0
         screens = await vq.pending_screens(self._store, watermark, SCREENS_PER_TURN)
         self._more = len(screens) >= SCREENS_PER_TURN
+        decided, group, grouped = 0, [], 0
         for device_id in screens:
-            written = await self._screen(device_id, watermark, now)
-            self._more |= written >= self._limits.verify_batch
-            decided += written
+            decisions = await self._decide(device_id, watermark, now)
+            self._more |= len(decisions) >= self._limits.verify_batch
+            if decisions:
+                group.append(decisions)
+                grouped += len(decisions)
+            if grouped >= SAVE_PLAYS:
+                decided += await self._save(group, now)
+                group, grouped = [], 0
+        decided += await self._save(group, now)
         self._count(decided)
         if self._metrics is not None:
             oldest = await vq.oldest_pending(self._store)
@@ -150,27 +163,38 @@ class Verifier:
         self._booked = Booked(index(state.catalog), state.retired, references)
         self._version = version
 
-    async def _screen(self, device_id: str, watermark: int, now: int) -> int:
-        assert self._booked is not None and self._state is not None
+    async def _decide(self, device_id: str, watermark: int, now: int) -> list[Verdict]:
+        """A screen's decisions, in stored order (written by `_save`)."""
+        assert self._booked is not None
         batch = self._limits.verify_batch
         load = await self._store.load_screen(device_id, watermark, batch)
         if load.unfingerprinted:
             await self._fingerprint(load.unfingerprinted)
             load = await self._store.load_screen(device_id, watermark, batch)
         policy = self._policy
-        decisions = decide_screen(
+        return decide_screen(
             load.state, self._booked, now, policy.screenshot_grace_ms, policy.match_threshold
         )
-        if not decisions:
+
+    async def _save(self, group: list[list[Verdict]], now: int) -> int:
+        """Write several screens' decisions in one transaction (one fsync for the lot, not
+        one a screen); screen by screen when the store refuses the group. How many were
+        written."""
+        if not group:
             return 0
-        written = await self._store.save_decisions(decisions, now, self._state.version)
+        assert self._state is not None
+        together = [verdict for screen in group for verdict in screen]
+        written = await self._store.save_decisions(together, now, self._state.version)
+        if written < 0 and len(group) > 1:
+            # Another verifier holds one of the screens (it decides those plays), or the
+            # catalog changed: each screen alone, so that the others still go ahead.
+            return sum([await self._save([screen], now) for screen in group])
         if written < 0:
-            # The catalog changed (read it again next turn), or another verifier holds
-            # the screen (it decides those plays): nothing was written either way.
+            # Nothing was written: read the catalog again next turn.
             self._reload = True
             return 0
         if self._metrics is not None:
-            for _, decision in decisions[:written]:
+            for _, decision in together[:written]:
                 self._metrics.verification_decisions.labels(decision.status).inc()
         return written
 

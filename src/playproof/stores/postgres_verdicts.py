@@ -45,9 +45,11 @@ _SQL: Final = verdict_sql("%s")
 _CATALOG_LOCK: Final = "hashtext('playproof:catalog:' || current_schema())"
 _LOCK_CATALOG: Final = f"SELECT pg_advisory_xact_lock({_CATALOG_LOCK})"
 _SHARE_CATALOG: Final = f"SELECT pg_advisory_xact_lock_shared({_CATALOG_LOCK})"
-_TRY_SCREEN: Final = (
-    "SELECT pg_try_advisory_xact_lock(hashtext('playproof:verify:' || current_schema() "
-    "|| ':' || %s))"
+# Every screen of the decisions, each locked if free; false if any is held by another
+# verifier (the transaction then writes nothing, and its ends release the rest).
+_TRY_SCREENS: Final = (
+    "SELECT bool_and(pg_try_advisory_xact_lock(hashtext('playproof:verify:' || "
+    "current_schema() || ':' || screen))) FROM unnest(%s::text[]) AS screen"
 )
 _SHOTS: Final = (
     "SELECT s.sha256, f.phash, COALESCE(f.blank, false), f.sha256 IS NULL FROM screenshots s "
@@ -150,13 +152,14 @@ async def save_decisions(
     now: int,
     catalog_version: int,
 ) -> int:
-    """Write decisions still pending; -1 when the catalog changed or another verifier
-    holds the screen (nothing written either way)."""
+    """Write decisions still pending (of one screen or several); -1 when the catalog
+    changed or another verifier holds one of their screens (nothing written either way)."""
     if not decisions:
         return 0
     async with conn.transaction():
         await conn.execute(_SHARE_CATALOG.encode())
-        taken = await _rows(conn, _TRY_SCREEN, (decisions[0][0].device_id,))
+        screens = sorted({play.device_id for play, _ in decisions})
+        taken = await _rows(conn, _TRY_SCREENS, (screens,))
         if not taken[0][0] or await _version(conn) != catalog_version:
             return -1
         done = []
