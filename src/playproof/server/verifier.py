@@ -5,8 +5,9 @@ finds the screens with plays pending that were received more than the settle
 time ago (so that every earlier commit for the screen has landed), and for
 each decides its pending plays one after another in stored order
 (`verification.decide_screen`); the decisions of several screens, up to SAVE_PLAYS,
-are written with their log rows and the verification rollup in one transaction. Screenshots named by those plays are
-fingerprinted first, off the event loop, once per blob.
+are written with their log rows and the verification rollup in one transaction.
+Screenshots named by those plays are fingerprinted first, off the event loop, once
+per blob.
 
 Crash-safe by construction: a decision is written only where the play is
 still `pending` and only against the catalog version it was made with, so a
