@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import mmap
 import weakref
 from collections.abc import Iterator
 
@@ -60,11 +61,20 @@ async def test_a_cycle_frozen_between_thaws_waits_for_the_thaw() -> None:
     assert watched() is None, "thawed, it is collected"
 
 
+def newly_resident(size: int) -> mmap.mmap:
+    """`size` bytes made resident: a fresh anonymous mapping with every page written (an
+    ordinary allocation may reuse memory the process already holds, and not grow it)."""
+    region = mmap.mmap(-1, size)
+    for offset in range(0, size, mmap.PAGESIZE):
+        region[offset] = 1
+    return region
+
+
 def test_resident_memory_is_read_and_grows_with_what_is_allocated() -> None:
     before = resident_bytes()
-    held = b"x" * (32 * 1024 * 1024)
+    held = newly_resident(32 * 1024 * 1024)
     assert resident_bytes() - before >= 30 * 1024 * 1024
-    del held
+    held.close()
 
 
 async def test_a_thaw_on_time_collects_cycles() -> None:
@@ -80,8 +90,8 @@ async def test_a_thaw_on_growth_collects_cycles() -> None:
     await asyncio.sleep(0.05)
     assert watched() is not None, "no thaw before the memory grows"
     # Resident memory grown by more than `thaw_growth` since the last thaw: the next round
-    # thaws (bytes written, so that every page is resident).
-    grown = b"x" * (4 * growth)
+    # thaws.
+    grown = newly_resident(4 * growth)
     for _ in range(50):
         await asyncio.sleep(0.01)
         if watched() is None:
@@ -90,4 +100,4 @@ async def test_a_thaw_on_growth_collects_cycles() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert watched() is None
-    del grown
+    grown.close()
