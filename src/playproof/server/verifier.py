@@ -92,11 +92,11 @@ class Verifier:
         turn begins half the settle time after the last began (IDLE_S at least when it
         decided nothing).
 
-        The pause lets a screen's plays gather: each screen's decisions are one write
-        transaction, and a verifier turning as fast as plays settle wrote one for nearly
-        every play (issue 17: at 1,000 screens × 1 play/s, about 330 µs of service CPU
-        a play, more than ingest's own). A play is still decided within 1.5 settle times
-        of arriving.
+        The pause lets a screen's plays gather, and several screens' decisions share a
+        write transaction (`_save`): a verifier turning as fast as plays settle wrote one
+        for nearly every play (issue 17: at 1,000 screens × 1 play/s, about 330 µs of
+        service CPU a play, more than ingest's own). A play is still decided within 1.5
+        settle times of arriving.
         """
         loop = asyncio.get_running_loop()
         every_s = self._limits.verify_settle_ms / 2000
