@@ -150,3 +150,15 @@ def test_ntp_servers_are_host_or_host_port(text: str, server: NtpServer) -> None
 def test_a_bad_ntp_server_is_a_clear_error(text: str) -> None:
     with pytest.raises(DeviceError, match="expected an NTP server"):
         parse_server(text)
+
+
+def test_a_stamp_read_across_a_preemption_is_read_again() -> None:
+    """A stamp's wall and monotonic reads are taken together: a pair set apart (the process
+    preempted between them) is read again, so that a play's end time (from the wall clock)
+    and its duration (from the monotonic one) agree."""
+    # Clock() reads both once to anchor; then the first pair is split by 5 ms.
+    monos = iter([0.0, 10.0, 10.005, 20.0, 20.0001])
+    walls = iter([0.0, 1000.0, 1010.0])
+    clock = Clock(wall=lambda: next(walls), monotonic=lambda: next(monos))
+    stamp = clock.stamp()
+    assert (stamp.raw_ms, stamp.mono) == (1_010_000.0, 20.0001)

@@ -64,6 +64,12 @@ def parse_server(text: str) -> NtpServer:
     return NtpServer(host, int(port))
 
 
+# A stamp's wall and monotonic reads are at most this far apart (monotonic seconds at
+# rate 1), unless SPLIT_READS attempts in a row were preempted.
+SPLIT_S: Final = 0.00025
+SPLIT_READS: Final = 4
+
+
 class Sample(NamedTuple):
     """One SNTP exchange: offset and round-trip delay in ms, when (monotonic s), with whom."""
 
@@ -125,9 +131,22 @@ class Clock:
     def _raw_ms(self) -> float:
         return self._wall() * 1000.0
 
+    def _instant(self) -> tuple[float, float]:
+        """The raw wall clock (ms) and the monotonic clock (s) read together: again, a few
+        times at most, when the process was preempted between the two reads. A play's
+        end time comes from one and its duration from the other, and a split read would
+        set them apart by as long as the process waited (3 ms, seen on a loaded machine)."""
+        for _ in range(SPLIT_READS):
+            before = self._mono()
+            raw = self._raw_ms()
+            mono = self._mono()
+            if mono - before <= SPLIT_S * self.rate:
+                break
+        return raw, mono
+
     def stamp(self) -> Stamp:
         """Read raw, monotonic and corrected time at one instant, watching for steps."""
-        raw, mono = self._raw_ms(), self._mono()
+        raw, mono = self._instant()
         self._watch(raw, mono)
         offset = round(self._offset_ms)
         synced = self.synced(mono)
