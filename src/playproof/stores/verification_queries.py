@@ -25,12 +25,28 @@ async def booking_version(store: Store) -> tuple[int, int]:
     return int(rows[0][0]), int(rows[0][1])
 
 
+# The screens with plays pending, one index seek each, in device order: a skip scan of
+# the partial index `impressions_pending` (device_id first). Asked with DISTINCT or MIN
+# directly, both stores walked every pending play: 11 ms a turn at 160,000 pending
+# against 0.03 (issue 17: at 40,000 records/s the verifier's reads were a quarter of
+# the service's CPU).
+_PENDING_SCREENS = (
+    "WITH RECURSIVE screens (device_id) AS ("
+    "SELECT min(device_id) FROM impressions WHERE verification = 'pending' "
+    "UNION ALL SELECT (SELECT min(i.device_id) FROM impressions AS i "
+    "WHERE i.verification = 'pending' AND i.device_id > s.device_id) "
+    "FROM screens AS s WHERE s.device_id IS NOT NULL) "
+)
+
+
 async def pending_screens(store: Store, watermark: int, limit: int) -> list[str]:
-    """Screens with valid plays pending that were received up to `watermark`."""
+    """Screens with valid plays pending that were received up to `watermark`, by id."""
     ph = placeholder(store)
     rows = await store.read_rows(
-        "SELECT DISTINCT device_id FROM impressions WHERE verification = 'pending' "
-        f"AND received_at <= {ph} ORDER BY device_id LIMIT {int(limit)}",
+        f"{_PENDING_SCREENS}SELECT s.device_id FROM screens AS s "
+        "WHERE s.device_id IS NOT NULL AND EXISTS (SELECT 1 FROM impressions AS i "
+        "WHERE i.verification = 'pending' AND i.device_id = s.device_id "
+        f"AND i.received_at <= {ph}) ORDER BY s.device_id LIMIT {int(limit)}",
         (watermark,),
     )
     return [str(r[0]) for r in rows]
@@ -39,7 +55,9 @@ async def pending_screens(store: Store, watermark: int, limit: int) -> list[str]
 async def oldest_pending(store: Reader) -> int | None:
     """The received_at of the oldest play waiting for its decision (the verifier's lag)."""
     rows = await store.read_rows(
-        "SELECT MIN(received_at) FROM impressions WHERE verification = 'pending'"
+        f"{_PENDING_SCREENS}SELECT min((SELECT min(i.received_at) FROM impressions AS i "
+        "WHERE i.verification = 'pending' AND i.device_id = s.device_id)) "
+        "FROM screens AS s WHERE s.device_id IS NOT NULL"
     )
     return None if rows[0][0] is None else int(rows[0][0])
 
