@@ -557,7 +557,10 @@ def test_player_signs_its_plays_with_the_drm_panel_state_once_registered(
     rows = impressions(service.db_url, "scr-1")
     signed = [r for r in rows if r["key_id"] is not None]
     assert signed, "plays after the registration are signed"
-    assert {(r["panel_source"], r["panel_state"]) for r in signed} == {("drm", "on")}
+    states = {(r["panel_source"], r["panel_state"]) for r in signed}
+    # A reading not done when a play needs it counts as `unknown` (panel.py: never delay a
+    # play); on a loaded machine one may be late. The panel's `on` must come through.
+    assert ("drm", "on") in states and states <= {("drm", "on"), ("drm", "unknown")}, states
     assert all(r["panel_state"] is None for r in rows if r["key_id"] is None)
     assert query(service.db_url, "SELECT count(*) FROM rejects") == [(0,)]
 
