@@ -55,7 +55,7 @@ import httpx
 import uvloop
 
 import ingest
-from ingest import UNLIMITED
+from ingest import UNLIMITED, cpu_seconds
 from loadgen import Chunk, Device, _answer, count_rows, stream_frame, take
 
 BENCH = Path(__file__).resolve().parent
@@ -196,13 +196,6 @@ def echo_server(ws_impl: str, pin: bool) -> Server:
 # --- sampling a process ----------------------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process (all its threads), from /proc."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
 def loop_cpu_seconds(pid: int) -> float:
     """CPU time of a process's main thread: its event loop (the rest is its threads')."""
     return cpu_seconds_of(f"/proc/{pid}/task/{pid}/stat")
@@ -210,9 +203,7 @@ def loop_cpu_seconds(pid: int) -> float:
 
 def cpu_seconds_of(path: str) -> float:
     """utime + stime from a /proc stat file."""
-    with open(path) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return sum(user_system_of(path))
 
 
 def user_system_of(path: str) -> tuple[float, float]:
