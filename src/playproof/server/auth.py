@@ -77,9 +77,9 @@ class TokenCache(Generic[T]):
         self._lookup = lookup
         self._seconds = seconds
         self._max_entries = max_entries
-        # token hash -> (trusted until, generation read in, answer)
-        self._entries: dict[str, tuple[float, int, T]] = {}
-        self._generation = 0
+        # token hash -> (trusted until, the version it was read under, answer)
+        self._entries: dict[str, tuple[float, int | None, T]] = {}
+        # The store's version as last confirmed (it only ever grows); None before that.
         self._version: int | None = None
         self._confirmed_until = float("-inf")
 
@@ -89,19 +89,19 @@ class TokenCache(Generic[T]):
         `before_lookup` runs only when the store is to be asked, and may refuse by raising.
         """
         hit = self._entries.get(token_hash)
-        if hit is not None and hit[1] == self._generation:
+        if hit is not None and hit[1] == self._version:
             now = time.monotonic()
             if hit[0] > now or self._confirmed_until > now:
                 return hit[2]
         if before_lookup is not None:
             before_lookup()
-        generation = self._generation
+        version = self._version
         found = await self._lookup(token_hash)
         if len(self._entries) >= self._max_entries:
             self._entries.clear()
         # Read across a change of version, the answer may predate it: used once, not kept.
-        if generation == self._generation:
-            self._entries[token_hash] = (time.monotonic() + self._seconds, generation, found)
+        if version == self._version:
+            self._entries[token_hash] = (time.monotonic() + self._seconds, version, found)
         return found
 
     def confirm(self, version: int, read_at: float) -> None:
@@ -109,7 +109,6 @@ class TokenCache(Generic[T]):
         the entries stay trusted if it has not moved, and are all forgotten if it has."""
         if version != self._version:
             self._version = version
-            self._generation += 1
             self._entries.clear()
         self._confirmed_until = read_at + self._seconds
 

@@ -121,7 +121,7 @@ class Checkpointer:
     def caught_up(self) -> bool:
         """Whether a checkpoint has copied the whole WAL since this was last asked.
 
-        The writer then finishes the job (see SqliteStore._restart_wal): under steady
+        The writer then finishes the job (see SqliteStore._bound_wal): under steady
         writes the WAL is never wholly copied when a write begins, so SQLite never
         restarts it from its start, and it grows until truncated.
         """
