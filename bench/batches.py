@@ -29,7 +29,11 @@ service's group committer has lanes (`commit_lanes`: 1 on SQLite, 3 on PostgreSQ
 lane has devices of its own, as a device's batches never overlap in the service).
 Drafting is counted on the store's side, since it is store work the service does; its
 share is printed apart. No HTTP, no decoding, no rules. Reported: records/s and this
-process's CPU per record (its threads included: SQLite writes on one).
+process's CPU per record (its threads included: SQLite writes on one), and, apart, the
+CPU per record of decoding and judging the batches off the clock. The batches are built
+with the collector off and frozen before the clock, as the service freezes what lives.
+`--json` ends the output with one line of each phase's figures (bench/stream.py's floor
+runs this phase with 1-record batches).
 
 `copy` (PostgreSQL only): a raw COPY of the same rows into the same tables. The rows are
 planned before the clock (the draft's impression rows, its rollup deltas, and each
@@ -57,6 +61,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
+import json
 import math
 import os
 import secrets
@@ -117,6 +123,9 @@ class Phase:
     gen_cpu_s: float = math.nan  # the generator's (the service phase only)
     db_cpu_s: float = math.nan  # PostgreSQL's processes for this run
     draft_s: float = 0.0  # of cpu_s, drafting commit plans (the store phase)
+    # Decoding and judging the phase's batches, done off the clock (the store phase): the
+    # service's per-record work before the store, for bench/stream.py's floor.
+    judge_us: float = math.nan
     exact: bool = False  # the database gained exactly what was acknowledged
     errors: list[str] = field(default_factory=list)
     note: str = ""
@@ -139,6 +148,8 @@ def line(p: Phase) -> str:
     ]
     if p.draft_s:
         parts.append(f"(drafting {p.us(p.draft_s):.1f})")
+    if not math.isnan(p.judge_us):
+        parts.append(f"(off the clock: decode and judge {p.judge_us:.1f})")
     if not math.isnan(p.gen_cpu_s):
         parts.append(f"generator {p.us(p.gen_cpu_s):.1f} µs/rec")
     if not math.isnan(p.db_cpu_s):
@@ -270,17 +281,33 @@ class Batches:
         self.devices = [Device(d, "") for d in ingest.device_ids(devices)]
         self._ingestor = Ingestor(store, GroupCommitter(store))
         self._next = 0
+        self.judge_s = 0.0  # CPU decoding and judging, over `judged` records
+        self.judged = 0
 
     def one(self, device: Device) -> BatchWrite:
         """The device's next batch, judged now (it is received now)."""
-        batch = protocol.decode_batch(loadgen.http_body(loadgen.take(device, self.records)))
+        body = loadgen.http_body(loadgen.take(device, self.records))
         info = DeviceInfo(device.device_id, device.store_id, 0, None)
-        return self._ingestor.judge(batch, info, wall_clock_ms())
+        started = time.thread_time()
+        write = self._ingestor.judge(protocol.decode_batch(body), info, wall_clock_ms())
+        self.judge_s += time.thread_time() - started
+        self.judged += self.records
+        return write
 
     def lanes(self, lanes: int, per_lane: int) -> list[list[BatchWrite]]:
-        """`per_lane` batches for each lane, round-robin over the lane's own devices."""
+        """`per_lane` batches for each lane, round-robin over the lane's own devices.
+
+        Built with the collector off and frozen after, as the service freezes what has
+        lived a second (server/collector.py): else collections walking the whole pool
+        would be timed as decoding, judging and committing.
+        """
         mine = [self.devices[k::lanes] for k in range(lanes)]
-        return [[self.one(own[i % len(own)]) for i in range(per_lane)] for own in mine]
+        gc.disable()
+        try:
+            return [[self.one(own[i % len(own)]) for i in range(per_lane)] for own in mine]
+        finally:
+            gc.enable()
+            gc.freeze()
 
 
 def pool_size(args: argparse.Namespace, rate: float, lanes: int) -> int:
@@ -331,6 +358,7 @@ async def run_store(args: argparse.Namespace, url: str, app: str, blobs: Path) -
         await store.close()
     phase.records = sum(n for n, _ in done)
     phase.draft_s = sum(d for _, d in done)
+    phase.judge_us = made.judge_s / made.judged * 1e6
     phase.db_cpu_s = db.seconds
     accepted += phase.records
     offered = sum(len(p) for p in pools) * args.records
@@ -479,7 +507,20 @@ async def run(args: argparse.Namespace) -> int:
             print(f"  {ratio(f'{ours} / {ref}', got[ours], got[ref], target)}")
     print(f"load average {load_average()}")
     clean = all(p.exact and not p.errors for p in phases)
+    if args.json:  # for bench/stream.py's floor
+        print("json " + json.dumps({p.name: summary(p) for p in phases}))
     return 0 if clean else 1
+
+
+def summary(p: Phase) -> dict[str, Any]:
+    """A phase's figures for another script: records/s and CPU µs per record."""
+    return {
+        "rate": p.rate,
+        "cpu_us": p.us(p.cpu_s),
+        "draft_us": p.us(p.draft_s),
+        "judge_us": p.judge_us,
+        "exact": p.exact and not p.errors,
+    }
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -501,6 +542,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gil", action="store_true", help="py-spy --gil")
     p.add_argument("--tag", default="batches", help="name of the profile file")
     p.add_argument("--order", default="service,store,copy", help="the phases' order (tables grow)")
+    p.add_argument("--json", action="store_true", help="end with a line: json {phase: figures}")
     args = p.parse_args(argv)
     # What bench/stream.py's service launcher reads (the WebSocket implementation is idle).
     args.ws, args.gc_log, args.pythonpath = "websockets-sansio", False, None

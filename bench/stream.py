@@ -18,6 +18,14 @@ spread; ack latency p50/p99/max, the service's CPU (% of one core) and peak RSS,
 p50/p99 of `fdatasync` of a 4 KiB append on the database's own disk, measured in the same
 run by a thread of the generator (20 a second: a WAL commit's floor).
 
+The *floor* of each (after saturation; after a paced run given `--paced-echo`; skipped
+with `--no-floor`): bench/batches.py's store phase, pinned to the service's core, commits
+1-record batches from as many devices, as many a commit as the service grouped, straight
+through the store (drafting included, no HTTP, decoding or rules); what the echo spends a
+frame plus what the store spends a frame is what any service over this store and this
+framework spends at least. Decoding and judging (timed off the clock) are printed beside
+it, not counted.
+
 By default the servers are pinned to core 1 and the generator to core 0 (`taskset`,
 `sched_setaffinity`): the service then gets one core of its own and CPU figures are not
 taken from the generator. `--no-pin` leaves both to the scheduler.
@@ -35,6 +43,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import json
 import os
 import re
 import resource
@@ -839,7 +848,56 @@ async def run_saturation(args: argparse.Namespace, db_url: str, pin: bool) -> bo
         f"  playproof / echo = {100 * ratio:.0f} % (target ≥ 50 %); "
         f"{ours.cpu_us_per_frame:.1f} µs/frame (target ≤ 50)"
     )
-    return accepted_ok and not any(r.tally.errors for r in results)
+    floor_ok = True
+    if not args.no_floor:
+        store = store_floor(args, conns, frames_per_commit(commits), pin)
+        floor_ok = store is not None and bool(store["exact"])
+        if store is not None:
+            print_floor(store, ref.cpu_us_per_frame, "the echo's framework path")
+            # The echo at half the frames/s is 2 × its CPU a frame on the same core.
+            print(f"  50 % of the echo's frames/s allows {2 * ref.cpu_us_per_frame:.1f} µs/frame")
+    return accepted_ok and floor_ok and not any(r.tally.errors for r in results)
+
+
+def frames_per_commit(commits: dict[str, float]) -> int:
+    """The service's frames per group commit (at least 1), from its histogram."""
+    count = commits.get("playproof_commit_batches_count", 0.0)
+    return max(1, round(commits.get("playproof_commit_batches_sum", 0.0) / count)) if count else 1
+
+
+def store_floor(
+    args: argparse.Namespace, devices: int, group: int, pin: bool
+) -> dict[str, float] | None:
+    """The store's own cost of the run's frames: bench/batches.py's store phase, pinned to
+    the service's core, with 1-record batches from as many devices, `group` a commit (as
+    the service grouped them); its decoding and judging measured off the clock."""
+    cmd = [sys.executable, str(Path(__file__).with_name("batches.py")), "--order", "store"]
+    cmd += ["--records", "1", "--clients", str(devices), "--group", str(group)]
+    cmd += ["--duration", f"{min(args.duration, 8.0):g}", "--json"]
+    cmd = (["taskset", "-c", str(SERVER_CORE)] if pin else []) + cmd
+    env = dict(os.environ)
+    if args.pythonpath:
+        env["PYTHONPATH"] = args.pythonpath
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    found = [ln for ln in done.stdout.splitlines() if ln.startswith("json ")]
+    if done.returncode or not found:
+        print(f"  ERROR store floor: {done.stdout[-400:]} {done.stderr[-400:]}")
+        return None
+    figures: dict[str, float] = json.loads(found[-1].removeprefix("json "))["store"]
+    return figures
+
+
+def print_floor(store: dict[str, float], framework_us: float, framework: str) -> None:
+    """What any service over this store spends a frame at least: the framework's path,
+    then drafting and committing through the store (decoding and judging beside it: timed
+    off the clock on cold records, they are not counted in the floor)."""
+    floor = framework_us + store["cpu_us"]
+    print(
+        f"  floor: {framework} {framework_us:.1f} + the store's own draft and commit "
+        f"{store['cpu_us']:.1f} (drafting {store['draft_us']:.1f}; {store['rate']:,.0f} "
+        f"frames/s alone on the core) = {floor:.1f} µs/frame; decoding and judging, not "
+        f"counted: {store['judge_us']:.1f}"
+    )
 
 
 async def run_paced(
@@ -899,7 +957,26 @@ async def run_paced(
             f"CPU {e.cpu_percent:.1f} % of a core ({e.cpu_us_per_frame:.0f} µs/frame), "
             f"RSS {e.rss_mib:.0f} MiB"
         )
+        if not args.no_floor:
+            ok &= paced_floor(args, conns / period, conns, commits, e.cpu_us_per_frame, pin)
     return ok and not r.tally.errors
+
+
+def paced_floor(
+    args: argparse.Namespace,
+    rate: float,
+    devices: int,
+    commits: dict[str, float],
+    echo_us: float,
+    pin: bool,
+) -> bool:
+    """The floor of a paced run: the echo on its schedule, then the store's own cost."""
+    store = store_floor(args, devices, frames_per_commit(commits), pin)
+    if store is None:
+        return False
+    print_floor(store, echo_us, "the echo on this schedule")
+    print(f"  25 % of a core at {rate:,.0f} frames/s allows {0.25e6 / rate:.0f} µs/frame")
+    return bool(store["exact"])
 
 
 def per_commit(commits: dict[str, float]) -> str:
@@ -960,6 +1037,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--paced-echo", action="store_true", help="also run each paced schedule on the echo"
     )
     p.add_argument("--gc-log", action="store_true", help="the service prints its GC pauses")
+    p.add_argument(
+        "--no-floor",
+        action="store_true",
+        help="skip the store's own cost of the frames (saturation; paced with --paced-echo)",
+    )
     p.add_argument("--pythonpath", help="import the service from here (a before/after tree)")
     p.add_argument("--profile", help="py-spy each server run into this directory (raw)")
     p.add_argument("--native", action="store_true", help="py-spy --native")
