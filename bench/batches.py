@@ -45,14 +45,23 @@ upsert of the journal's row. No journal lock, no lookup of stored checksums or g
 planning on the clock: the floor of what the store writes. Reported: records/s and this
 process's CPU per record.
 
+`raw` (SQLite only): the same kind of batches, `--group` a transaction, planned before
+the clock as the store plans a group none of whose records is stored yet (the draft's
+rows merged, the rollup deltas, each journal's state chained from group to group), then
+written from this thread by the store's own statements (`stores/sqlite_rows.py`: the
+impressions insert, the rollup upserts, the journal upsert) between BEGIN IMMEDIATE and
+COMMIT: no executor, no lookups, no planning on the clock. What SQLite itself costs for
+what the store writes. Reported: records/s and this process's CPU per record.
+
 On PostgreSQL each phase also reports the database's CPU per record: its backends
 serving this run (found by application_name) plus the WAL writer, checkpointer and
 background writer. The run uses a fresh schema, dropped at the end; on SQLite a fresh
 file in a temp directory.
 
-Ratios printed: service / store (issue 17's target: at least 60 %) and, on PostgreSQL,
-service / copy (at least 75 %). Every phase checks exactly-once: the database gained
-exactly the records acknowledged accepted (or copied), warm-up rounds included. The
+Ratios printed: service / store (issue 17's target: at least 60 %), on PostgreSQL
+service / copy (at least 75 %) and store / copy, on SQLite store / raw. Every phase
+checks exactly-once: the database gained exactly the records acknowledged accepted (or
+copied, or written), warm-up rounds included. The
 generator, the service and the database share the machine's cores; the load average
 is printed before and after.
 """
@@ -67,6 +76,7 @@ import math
 import os
 import secrets
 import shlex
+import sqlite3
 import sys
 import tempfile
 import time
@@ -91,10 +101,10 @@ from playproof import protocol
 from playproof.rules import DEFAULT_POLICY, SequenceState
 from playproof.server.committer import GroupCommitter
 from playproof.server.ingest import Ingestor, wall_clock_ms
-from playproof.stores import open_store
+from playproof.stores import open_store, sqlite_conn, sqlite_rows
 from playproof.stores import postgres_sql as q
 from playproof.stores.base import IMPRESSION_COLUMNS, BatchWrite, DeviceInfo, sequence_changes
-from playproof.stores.draft import draft, with_draft
+from playproof.stores.draft import draft, plan_group, with_draft
 from playproof.stores.rollup import ROLLUPS, Delta, Rollup, deltas, postgres_upsert
 from stream import load_average, machine, start_profile, stop_profile
 
@@ -464,6 +474,85 @@ async def run_copy(args: argparse.Namespace, url: str, app: str, blobs: Path) ->
     return phase
 
 
+# --- phase 3 on SQLite: the same rows written with the store's own statements ---------
+
+
+@dataclass
+class Group:
+    """One group commit's writes as the SQLite store would make them, planned before the
+    clock: impression rows, rollup deltas, journal rows."""
+
+    impressions: list[tuple[Any, ...]]
+    rollups: dict[Rollup, list[Delta]]
+    journals: list[tuple[Any, ...]]
+
+
+def planned_groups(writes: Sequence[BatchWrite], group: int) -> list[Group]:
+    """The lane's batches, `group` a commit, planned as the store plans a group of batches
+    none of whose records is stored yet; each journal's state chained from group to group."""
+    states: dict[tuple[str, str], SequenceState] = {}
+    out = []
+    for i in range(0, len(writes), group):
+        chunk = [with_draft(w) for w in writes[i : i + group]]
+        plan, rollups = plan_group(chunk, {})
+        now = max(w.received_at for w in chunk)
+        changes = sequence_changes(plan.arrivals, states, DEFAULT_POLICY.max_open_gaps)
+        journals = []
+        for key, change in changes.items():
+            states[key] = st = change.state
+            journals.append((*key, st.high_water, st.high_water_ts, st.gap_count, st.suspect))
+        out.append(Group(plan.impressions, rollups, [(*j, now, now) for j in journals]))
+    return out
+
+
+def write_group(conn: sqlite3.Connection, group: Group) -> None:
+    """One transaction of the store's own statements: no lookups, no planning."""
+    conn.execute("BEGIN IMMEDIATE")
+    sqlite_rows._INSERT_IMPRESSION.run(conn, group.impressions)
+    for rollup, rows in group.rollups.items():
+        sqlite_rows._UPSERT_ROLLUP[rollup].run(conn, rows)
+    conn.executemany(sqlite_rows._UPSERT_JOURNAL, group.journals)
+    conn.execute("COMMIT")
+
+
+async def run_raw(args: argparse.Namespace, url: str, app: str, blobs: Path) -> Phase:
+    """SQLite: the rows of `group` batches a transaction, written with the store's own
+    statements from this thread (what SQLite itself costs for what the store writes)."""
+    phase = Phase("raw")
+    store = open_store(url, blobs)  # migrated, then closed: only its schema is used
+    await store.open()
+    await store.close()
+    made = Batches(store, args.records, max(args.clients, 1))
+    conn = sqlite_conn.connect(Path(url.removeprefix("sqlite:///")))
+    before = count_rows(url)
+
+    def lane(pool: list[Group], deadline: float) -> int:
+        written = 0
+        for group in pool:
+            if perf_counter() >= deadline:
+                break
+            write_group(conn, group)
+            written += len(group.impressions)
+        return written
+
+    try:
+        started = perf_counter()
+        written = lane(planned_groups(made.lanes(1, 2 * args.group)[0], args.group), math.inf)
+        rate = written / (perf_counter() - started)
+        pool = made.lanes(1, pool_size(args, rate, 1))[0]
+        groups = planned_groups(pool, args.group)
+        deadline = math.inf if args.batches else perf_counter() + args.duration
+        cpu0, started = time.process_time(), perf_counter()
+        phase.records = lane(groups, deadline)
+        phase.seconds = perf_counter() - started
+        phase.cpu_s = time.process_time() - cpu0
+    finally:
+        conn.close()
+    phase.note = f"{args.group} batch(es) a transaction, {len(made.devices)} devices"
+    exactly_once(phase, count_rows(url) - before, written + phase.records)
+    return phase
+
+
 # --- the run ---------------------------------------------------------------------------
 
 
@@ -485,10 +574,11 @@ async def run(args: argparse.Namespace) -> int:
         os.environ["PLAYPROOF_BLOB_DIR"] = str(blobs)  # the service's, and admin's
         async with database(args, Path(tmp)) as (url, app):
             print(f"database: {url if not app else f'{args.db} schema {app}'}", flush=True)
-            runs = {"service": run_service, "store": run_store, "copy": run_copy}
+            runs = {"service": run_service, "store": run_store, "copy": run_copy, "raw": run_raw}
             measured = {}
             for name in args.order.split(","):
-                if name != "copy" or app:
+                # COPY is PostgreSQL's, the raw statements SQLite's.
+                if (name != "copy" or app) and (name != "raw" or not app):
                     measured[name] = phase = await runs[name](args, url, app, blobs)
                     print(line(phase), flush=True)
     phases = list(measured.values())
@@ -502,6 +592,7 @@ async def run(args: argparse.Namespace) -> int:
         ("service", "store", 60),
         ("service", "copy", 75),
         ("store", "copy", None),
+        ("store", "raw", None),
     ):
         if ours in got and ref in got:
             print(f"  {ratio(f'{ours} / {ref}', got[ours], got[ref], target)}")
@@ -541,7 +632,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--native", action="store_true", help="py-spy --native")
     p.add_argument("--gil", action="store_true", help="py-spy --gil")
     p.add_argument("--tag", default="batches", help="name of the profile file")
-    p.add_argument("--order", default="service,store,copy", help="the phases' order (tables grow)")
+    p.add_argument(
+        "--order", default="service,store,copy,raw", help="the phases' order (tables grow)"
+    )
     p.add_argument("--json", action="store_true", help="end with a line: json {phase: figures}")
     args = p.parse_args(argv)
     # What bench/stream.py's service launcher reads (the WebSocket implementation is idle).

@@ -23,8 +23,9 @@ with `--no-floor`): bench/batches.py's store phase, pinned to the service's core
 1-record batches from as many devices, as many a commit as the service grouped, straight
 through the store (drafting included, no HTTP, decoding or rules); what the echo spends a
 frame plus what the store spends a frame is what any service over this store and this
-framework spends at least. Decoding and judging (timed off the clock) are printed beside
-it, not counted.
+framework spends at least. On SQLite, below it, the same rows written by the store's own
+statements alone (batches.py's raw phase): the floor with none of playproof's Python.
+Decoding and judging (timed off the clock) are printed beside it, not counted.
 
 By default the servers are pinned to core 1 and the generator to core 0 (`taskset`,
 `sched_setaffinity`): the service then gets one core of its own and CPU figures are not
@@ -851,7 +852,7 @@ async def run_saturation(args: argparse.Namespace, db_url: str, pin: bool) -> bo
     floor_ok = True
     if not args.no_floor:
         store = store_floor(args, conns, frames_per_commit(commits), pin)
-        floor_ok = store is not None and bool(store["exact"])
+        floor_ok = floor_exact(store)
         if store is not None:
             print_floor(store, ref.cpu_us_per_frame, "the echo's framework path")
             # The echo at half the frames/s is 2 × its CPU a frame on the same core.
@@ -867,37 +868,54 @@ def frames_per_commit(commits: dict[str, float]) -> int:
 
 def store_floor(
     args: argparse.Namespace, devices: int, group: int, pin: bool
-) -> dict[str, float] | None:
-    """The store's own cost of the run's frames: bench/batches.py's store phase, pinned to
-    the service's core, with 1-record batches from as many devices, `group` a commit (as
-    the service grouped them); its decoding and judging measured off the clock."""
-    cmd = [sys.executable, str(Path(__file__).with_name("batches.py")), "--order", "store"]
+) -> dict[str, dict[str, float]] | None:
+    """The store's own cost of the run's frames: bench/batches.py's store phase (and, on
+    SQLite, its raw phase: the same rows by the store's statements alone), pinned to the
+    service's core, with 1-record batches from as many devices, `group` a commit (as the
+    service grouped them); decoding and judging timed off the clock."""
+    order = "store" if args.db else "store,raw"
+    cmd = [sys.executable, str(Path(__file__).with_name("batches.py")), "--order", order]
     cmd += ["--records", "1", "--clients", str(devices), "--group", str(group)]
     cmd += ["--duration", f"{min(args.duration, 8.0):g}", "--json"]
+    if args.db:
+        cmd += ["--db", args.db]
     cmd = (["taskset", "-c", str(SERVER_CORE)] if pin else []) + cmd
     env = dict(os.environ)
     if args.pythonpath:
         env["PYTHONPATH"] = args.pythonpath
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     found = [ln for ln in done.stdout.splitlines() if ln.startswith("json ")]
     if done.returncode or not found:
         print(f"  ERROR store floor: {done.stdout[-400:]} {done.stderr[-400:]}")
         return None
-    figures: dict[str, float] = json.loads(found[-1].removeprefix("json "))["store"]
+    figures: dict[str, dict[str, float]] = json.loads(found[-1].removeprefix("json "))
     return figures
 
 
-def print_floor(store: dict[str, float], framework_us: float, framework: str) -> None:
+def print_floor(phases: dict[str, dict[str, float]], framework_us: float, what: str) -> None:
     """What any service over this store spends a frame at least: the framework's path,
-    then drafting and committing through the store (decoding and judging beside it: timed
-    off the clock on cold records, they are not counted in the floor)."""
-    floor = framework_us + store["cpu_us"]
+    then drafting and committing through the store; below it, the framework's path and
+    SQLite's own work for the same rows (decoding and judging, timed off the clock on
+    cold records, are printed beside it, not counted)."""
+    store = phases["store"]
     print(
-        f"  floor: {framework} {framework_us:.1f} + the store's own draft and commit "
+        f"  floor: {what} {framework_us:.1f} + the store's own draft and commit "
         f"{store['cpu_us']:.1f} (drafting {store['draft_us']:.1f}; {store['rate']:,.0f} "
-        f"frames/s alone on the core) = {floor:.1f} µs/frame; decoding and judging, not "
-        f"counted: {store['judge_us']:.1f}"
+        f"frames/s alone on the core) = {framework_us + store['cpu_us']:.1f} µs/frame; "
+        f"decoding and judging, not counted: {store['judge_us']:.1f}"
     )
+    raw = phases.get("raw")
+    if raw is not None:
+        print(
+            f"  floor without any of playproof's Python: {what} {framework_us:.1f} + SQLite "
+            f"writing the same rows by the store's statements {raw['cpu_us']:.1f} "
+            f"= {framework_us + raw['cpu_us']:.1f} µs/frame"
+        )
+
+
+def floor_exact(phases: dict[str, dict[str, float]] | None) -> bool:
+    """Every floor phase ran and checked exactly-once."""
+    return phases is not None and all(bool(p["exact"]) for p in phases.values())
 
 
 async def run_paced(
@@ -976,7 +994,7 @@ def paced_floor(
         return False
     print_floor(store, echo_us, "the echo on this schedule")
     print(f"  25 % of a core at {rate:,.0f} frames/s allows {0.25e6 / rate:.0f} µs/frame")
-    return bool(store["exact"])
+    return floor_exact(store)
 
 
 def per_commit(commits: dict[str, float]) -> str:
