@@ -16,9 +16,13 @@ from playproof import cli_catalog, cli_evidence, cli_fleet, cli_keys, cli_panel,
 from playproof.cli_common import (
     ConfigOption,
     DbOption,
+    DeviceIdOption,
     FromOption,
     LimitOption,
     RuleOption,
+    ServerOption,
+    StoreIdOption,
+    TokenOption,
     ToOption,
     err,
     fail,
@@ -167,7 +171,7 @@ def load(
 @devices.command("add")
 def devices_add(
     device_id: Annotated[str, typer.Argument(help="The new device's id.")],
-    store_id: Annotated[str, typer.Option("--store-id", help="The store the screen stands in.")],
+    store_id: StoreIdOption,
     db_url: DbOption = DEFAULT_URL,
 ) -> None:
     """Register a device; its bearer token is the only line printed on stdout."""
@@ -269,12 +273,10 @@ async def _upgrade_schema(db_url: str) -> None:
 @app.command()
 @cli_panel.with_panel_options
 def player(
-    server: Annotated[str, typer.Option("--server", help="The ingest service's base URL.")],
-    token: Annotated[
-        str, typer.Option("--token", envvar="PLAYPROOF_TOKEN", help="The device's bearer token.")
-    ],
-    device_id: Annotated[str, typer.Option("--device-id", help="This screen's device id.")],
-    store_id: Annotated[str, typer.Option("--store-id", help="The store the screen stands in.")],
+    server: ServerOption,
+    token: TokenOption,
+    device_id: DeviceIdOption,
+    store_id: StoreIdOption,
     data_dir: Annotated[
         Path, typer.Option("--data-dir", help="The device's data folder (journal, screenshots).")
     ],

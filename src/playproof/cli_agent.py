@@ -10,18 +10,16 @@ from typing import Annotated
 import typer
 
 from playproof import cli_panel
-from playproof.cli_common import fail
+from playproof.cli_common import DeviceIdOption, ServerOption, StoreIdOption, TokenOption, fail
 from playproof.errors import PlayproofError
 
 
 @cli_panel.with_panel_options
 def agent(
-    server: Annotated[str, typer.Option("--server", help="The ingest service's base URL.")],
-    token: Annotated[
-        str, typer.Option("--token", envvar="PLAYPROOF_TOKEN", help="The device's bearer token.")
-    ],
-    device_id: Annotated[str, typer.Option("--device-id", help="This screen's device id.")],
-    store_id: Annotated[str, typer.Option("--store-id", help="The store the screen stands in.")],
+    server: ServerOption,
+    token: TokenOption,
+    device_id: DeviceIdOption,
+    store_id: StoreIdOption,
     data_dir: Annotated[
         Path,
         typer.Option("--data-dir", help="Data folder (journal, screenshots, agent.token)."),
