@@ -16,9 +16,13 @@ from playproof import cli_catalog, cli_evidence, cli_fleet, cli_keys, cli_panel,
 from playproof.cli_common import (
     ConfigOption,
     DbOption,
+    DeviceIdOption,
     FromOption,
     LimitOption,
     RuleOption,
+    ServerOption,
+    StoreIdOption,
+    TokenOption,
     ToOption,
     err,
     fail,
@@ -167,7 +171,7 @@ def load(
 @devices.command("add")
 def devices_add(
     device_id: Annotated[str, typer.Argument(help="The new device's id.")],
-    store_id: Annotated[str, typer.Option("--store-id", help="The store the screen stands in.")],
+    store_id: StoreIdOption,
     db_url: DbOption = DEFAULT_URL,
 ) -> None:
     """Register a device; its bearer token is the only line printed on stdout."""
@@ -267,13 +271,12 @@ async def _upgrade_schema(db_url: str) -> None:
 
 
 @app.command()
+@cli_panel.with_panel_options
 def player(
-    server: Annotated[str, typer.Option("--server", help="The ingest service's base URL.")],
-    token: Annotated[
-        str, typer.Option("--token", envvar="PLAYPROOF_TOKEN", help="The device's bearer token.")
-    ],
-    device_id: Annotated[str, typer.Option("--device-id", help="This screen's device id.")],
-    store_id: Annotated[str, typer.Option("--store-id", help="The store the screen stands in.")],
+    server: ServerOption,
+    token: TokenOption,
+    device_id: DeviceIdOption,
+    store_id: StoreIdOption,
     data_dir: Annotated[
         Path, typer.Option("--data-dir", help="The device's data folder (journal, screenshots).")
     ],
@@ -308,15 +311,7 @@ def player(
     signing: Annotated[
         bool, typer.Option(help="Sign plays (v2) with the key in --data-dir once registered.")
     ] = True,
-    panel: cli_panel.Panel = "none",
-    panel_drm_connector: cli_panel.DrmConnector = None,
-    panel_drm_root: cli_panel.DrmRoot = cli_panel.DRM_ROOT,
-    panel_cec_device: cli_panel.CecDevice = "/dev/cec0",
-    panel_mdc_host: cli_panel.MdcHost = None,
-    panel_mdc_port: cli_panel.MdcPort = 1515,
-    panel_mdc_id: cli_panel.MdcId = 0,
-    panel_mdc_pin: cli_panel.MdcPin = None,
-    panel_timeout: cli_panel.Timeout = 3.0,
+    panel: cli_panel.PanelOptions = cli_panel.DEFAULTS,
 ) -> None:
     """Play a playlist in a loop and record every play (the reference player)."""
     from playproof.device import DEFAULT_CAPTURE, DeviceConfig, UplinkConfig
@@ -325,14 +320,7 @@ def player(
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     try:
         items = load_playlist(playlist)
-        panel_options = cli_panel.panel_config(
-            panel,
-            panel_timeout,
-            panel_drm_root,
-            panel_drm_connector,
-            panel_cec_device,
-            (panel_mdc_host, panel_mdc_port, panel_mdc_id, panel_mdc_pin),
-        )
+        panel_options = cli_panel.panel_config(panel)
         config = DeviceConfig(
             device_id=device_id,
             store_id=store_id,
@@ -343,7 +331,7 @@ def player(
             journal_queue_bytes=queue_max_bytes,
             checkpoint_s=checkpoint_interval,
             signing=signing,
-            panel=panel,
+            panel=panel.panel,
             panel_options=panel_options,
         )
         capture = DEFAULT_CAPTURE if screenshots else None

@@ -10,17 +10,16 @@ from typing import Annotated
 import typer
 
 from playproof import cli_panel
-from playproof.cli_common import fail
+from playproof.cli_common import DeviceIdOption, ServerOption, StoreIdOption, TokenOption, fail
 from playproof.errors import PlayproofError
 
 
+@cli_panel.with_panel_options
 def agent(
-    server: Annotated[str, typer.Option("--server", help="The ingest service's base URL.")],
-    token: Annotated[
-        str, typer.Option("--token", envvar="PLAYPROOF_TOKEN", help="The device's bearer token.")
-    ],
-    device_id: Annotated[str, typer.Option("--device-id", help="This screen's device id.")],
-    store_id: Annotated[str, typer.Option("--store-id", help="The store the screen stands in.")],
+    server: ServerOption,
+    token: TokenOption,
+    device_id: DeviceIdOption,
+    store_id: StoreIdOption,
     data_dir: Annotated[
         Path,
         typer.Option("--data-dir", help="Data folder (journal, screenshots, agent.token)."),
@@ -56,15 +55,7 @@ def agent(
     signing: Annotated[
         bool, typer.Option(help="Sign plays (v2) with the key in --data-dir once registered.")
     ] = True,
-    panel: cli_panel.Panel = "none",
-    panel_drm_connector: cli_panel.DrmConnector = None,
-    panel_drm_root: cli_panel.DrmRoot = cli_panel.DRM_ROOT,
-    panel_cec_device: cli_panel.CecDevice = "/dev/cec0",
-    panel_mdc_host: cli_panel.MdcHost = None,
-    panel_mdc_port: cli_panel.MdcPort = 1515,
-    panel_mdc_id: cli_panel.MdcId = 0,
-    panel_mdc_pin: cli_panel.MdcPin = None,
-    panel_timeout: cli_panel.Timeout = 3.0,
+    panel: cli_panel.PanelOptions = cli_panel.DEFAULTS,
     checkpoint_interval: Annotated[
         float, typer.Option(help="Seconds between checkpoints of a play under way.")
     ] = 5.0,
@@ -81,14 +72,7 @@ def agent(
     if mode not in ("screen", "player", "none"):
         raise fail(f"expected --screenshots screen, player or none, got {mode!r}")
     try:
-        panel_options = cli_panel.panel_config(
-            panel,
-            panel_timeout,
-            panel_drm_root,
-            panel_drm_connector,
-            panel_cec_device,
-            (panel_mdc_host, panel_mdc_port, panel_mdc_id, panel_mdc_pin),
-        )
+        panel_options = cli_panel.panel_config(panel)
         config = DeviceConfig(
             device_id=device_id,
             store_id=store_id,
@@ -97,7 +81,7 @@ def agent(
             ntp_servers=tuple(ntp or ()),
             checkpoint_s=checkpoint_interval,
             signing=signing,
-            panel=panel,
+            panel=panel.panel,
             panel_options=panel_options,
         )
         settings = AgentSettings(

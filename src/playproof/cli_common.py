@@ -67,6 +67,22 @@ FilterOption = Annotated[
 ]
 
 
+# What a screen's commands (player, agent, simulate, devices add) are told of the service
+# and of the screen.
+ServerOption = Annotated[str, typer.Option("--server", help="The ingest service's base URL.")]
+
+
+TokenOption = Annotated[
+    str, typer.Option("--token", envvar="PLAYPROOF_TOKEN", help="The device's bearer token.")
+]
+
+
+DeviceIdOption = Annotated[str, typer.Option("--device-id", help="This screen's device id.")]
+
+
+StoreIdOption = Annotated[str, typer.Option("--store-id", help="The store the screen stands in.")]
+
+
 T = TypeVar("T")
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from playproof.cli_common import DbOption, fail
+from playproof.cli_common import DbOption, ServerOption, fail
 from playproof.errors import PlayproofError
 from playproof.stores import DEFAULT_URL
 
@@ -45,7 +45,7 @@ def demo(
 
 
 def simulate(
-    server: Annotated[str, typer.Option("--server", help="The ingest service's base URL.")],
+    server: ServerOption,
     db_url: DbOption = DEFAULT_URL,
     devices: Annotated[int, typer.Option(help="Simulated screens.")] = 100,
     duration: Annotated[str, typer.Option(help="Simulated time to run: 90s, 5m, 2h.")] = "10m",

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import getpass
 import json
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -33,12 +34,24 @@ ActorOption = Annotated[
     str | None,
     typer.Option("--actor", help="Who acts, as the key log records it (default: cli:$USER)."),
 ]
+T = TypeVar("T")
+
 # Pages of the log read at once: the whole log is read, page after page.
 LOG_PAGE = 100_000
 
 
 def _actor(given: str | None) -> str:
     return given or f"cli:{getpass.getuser()}"
+
+
+def _key_write(
+    db_url: str, actor: str | None, write: Callable[[Store, int, str], Awaitable[T]]
+) -> T:
+    """Run one key write on the store at `db_url`, given the time (the service's clock) and
+    the actor the key log records, both read as it runs."""
+    from playproof.server.ingest import wall_clock_ms
+
+    return on_store(db_url, lambda store: write(store, wall_clock_ms(), _actor(actor)))
 
 
 def _when(ms: int | None) -> str:
@@ -94,7 +107,6 @@ def keys_add(
     """Add a key to a device (also when its self-enrolment is closed); print its key id."""
     from playproof.config import load_limits
     from playproof.errors import KeyRefused
-    from playproof.server.ingest import wall_clock_ms
     from playproof.signing import check_public_key, key_id_of
 
     max_keys = load_limits(config, limit or []).max_device_keys
@@ -103,12 +115,13 @@ def keys_add(
     except KeyRefused as exc:
         raise fail(str(exc)) from None
 
-    async def add(store: Store) -> str:
-        return await store.register_key(
-            device_id, key_id, public_key, wall_clock_ms(), _actor(actor), True, max_keys
-        )
-
-    result = on_store(db_url, add)
+    result = _key_write(
+        db_url,
+        actor,
+        lambda store, at, by: store.register_key(
+            device_id, key_id, public_key, at, by, True, max_keys
+        ),
+    )
     print(key_id)
     err.print(f"key {'added' if result == 'created' else 'held already'} for {device_id}")
 
@@ -121,12 +134,9 @@ def keys_revoke(
     actor: ActorOption = None,
 ) -> None:
     """Revoke a key: records received from now on that it signed are refused."""
-    from playproof.server.ingest import wall_clock_ms
-
-    async def revoke(store: Store) -> bool:
-        return await store.revoke_key(device_id, key_id, wall_clock_ms(), _actor(actor))
-
-    done = on_store(db_url, revoke)
+    done = _key_write(
+        db_url, actor, lambda store, at, by: store.revoke_key(device_id, key_id, at, by)
+    )
     err.print(f"revoked key {key_id} of {device_id}" if done else f"{key_id} was revoked already")
 
 
@@ -140,12 +150,9 @@ def keys_lock(
     actor: ActorOption = None,
 ) -> None:
     """Close a device's self-enrolment: only operators add its keys (`--open` reopens it)."""
-    from playproof.server.ingest import wall_clock_ms
-
-    async def lock(store: Store) -> bool:
-        return await store.set_self_enrol(device_id, open_, wall_clock_ms(), _actor(actor))
-
-    changed = on_store(db_url, lock)
+    changed = _key_write(
+        db_url, actor, lambda store, at, by: store.set_self_enrol(device_id, open_, at, by)
+    )
     state = "open" if open_ else "closed"
     err.print(f"self-enrolment of {device_id} {state}{'' if changed else ' already'}")
 
@@ -155,12 +162,9 @@ def keys_require(
     device_id: DeviceArg, db_url: DbOption = DEFAULT_URL, actor: ActorOption = None
 ) -> None:
     """Refuse a device's version-1 records (bad_signature) before it has any key."""
-    from playproof.server.ingest import wall_clock_ms
-
-    async def require(store: Store) -> bool:
-        return await store.require_signatures(device_id, wall_clock_ms(), _actor(actor))
-
-    changed = on_store(db_url, require)
+    changed = _key_write(
+        db_url, actor, lambda store, at, by: store.require_signatures(device_id, at, by)
+    )
     err.print(f"signatures required of {device_id}{'' if changed else ' already'}")
 
 

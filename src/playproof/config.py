@@ -3,7 +3,8 @@
 Precedence, lowest first: the protocol's defaults, the `[rules]` table of the
 TOML file (`--config` or `PLAYPROOF_CONFIG`), `PLAYPROOF_RULES_<NAME>`
 environment variables, then `--rule NAME=VALUE` flags. The service's limits
-come the same way from a `[limits]` table and `PLAYPROOF_LIMITS_<NAME>`.
+come the same way from a `[limits]` table and `PLAYPROOF_LIMITS_<NAME>`. The
+panel sources' defaults live here too, where the CLI can read them cheaply.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Final, TypeVar
 
 import msgspec
 from msgspec import Meta
@@ -24,6 +25,15 @@ from playproof.rules import Policy
 
 ENV_PREFIX = "PLAYPROOF_RULES_"
 LIMITS_ENV_PREFIX = "PLAYPROOF_LIMITS_"
+
+# The panel sources' defaults, for the device's PanelConfig and the `--panel-*` options of
+# `playproof player` and `playproof agent` alike: here, not in the device package, because
+# importing that costs the command line a quarter of a second at every start.
+PANEL_DRM_ROOT: Final = Path("/sys/class/drm")
+PANEL_CEC_DEVICE: Final = "/dev/cec0"
+PANEL_MDC_PORT: Final = 1515
+PANEL_MDC_ID: Final = 0
+PANEL_TIMEOUT_S: Final = 3.0
 
 
 class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

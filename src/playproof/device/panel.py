@@ -25,6 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, NamedTuple, Protocol
 
+from playproof.config import (
+    PANEL_CEC_DEVICE,
+    PANEL_DRM_ROOT,
+    PANEL_MDC_ID,
+    PANEL_MDC_PORT,
+    PANEL_TIMEOUT_S,
+)
 from playproof.device.blocking import run_blocking
 from playproof.errors import ConfigError, DeviceError
 from playproof.protocol import PANEL_STATES, PanelState
@@ -33,9 +40,7 @@ from playproof.protocol import PanelSource as PanelSourceName
 log = logging.getLogger(__name__)
 
 PANEL_CHOICES: Final = ("drm", "cec", "mdc", "none")
-DEFAULT_TIMEOUT_S: Final = 3.0
 DEFAULT_INTERVAL_S: Final = 2.0
-DRM_ROOT: Final = Path("/sys/class/drm")
 _RANK: Final = {state: rank for rank, state in enumerate(PANEL_STATES)}
 
 
@@ -93,7 +98,7 @@ class DrmPanel:
 
     name: PanelSourceName = "drm"
 
-    def __init__(self, root: Path = DRM_ROOT, connector: str | None = None) -> None:
+    def __init__(self, root: Path = PANEL_DRM_ROOT, connector: str | None = None) -> None:
         self.root = root
         self.connector = connector
 
@@ -146,15 +151,15 @@ def _connector_state(folder: Path) -> PanelState:
 class PanelConfig:
     """Settings of the panel sources (`--panel-*` options); only the chosen one's matter."""
 
-    timeout_s: float = DEFAULT_TIMEOUT_S
+    timeout_s: float = PANEL_TIMEOUT_S
     interval_s: float = DEFAULT_INTERVAL_S
-    drm_root: Path = DRM_ROOT
+    drm_root: Path = PANEL_DRM_ROOT
     drm_connector: str | None = None
-    cec_device: str = "/dev/cec0"
+    cec_device: str = PANEL_CEC_DEVICE
     cec_program: str = "cec-ctl"
     mdc_host: str | None = None
-    mdc_port: int = 1515
-    mdc_id: int = 0
+    mdc_port: int = PANEL_MDC_PORT
+    mdc_id: int = PANEL_MDC_ID
     # The secured protocol's PIN: set, the connection is TLS and the PIN is sent.
     mdc_pin: str | None = None
 
@@ -205,7 +210,7 @@ class PanelMonitor:
         self,
         source: PanelSource,
         *,
-        timeout_s: float = DEFAULT_TIMEOUT_S,
+        timeout_s: float = PANEL_TIMEOUT_S,
         interval_s: float = DEFAULT_INTERVAL_S,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:

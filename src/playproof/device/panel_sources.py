@@ -13,6 +13,7 @@ import re
 import ssl
 from typing import Final
 
+from playproof.config import PANEL_CEC_DEVICE, PANEL_MDC_ID, PANEL_MDC_PORT, PANEL_TIMEOUT_S
 from playproof.device.panel import PanelError
 from playproof.protocol import PanelSource as PanelSourceName
 from playproof.protocol import PanelState
@@ -74,7 +75,11 @@ class CecPanel:
     ACTIVE: Final = ("--to", "15", "--request-active-source")
 
     def __init__(
-        self, device: str = "/dev/cec0", *, program: str = "cec-ctl", timeout_s: float = 3.0
+        self,
+        device: str = PANEL_CEC_DEVICE,
+        *,
+        program: str = "cec-ctl",
+        timeout_s: float = PANEL_TIMEOUT_S,
     ) -> None:
         self.device = device
         self.program = program
@@ -168,10 +173,10 @@ class MdcPanel:
     def __init__(
         self,
         host: str,
-        port: int = 1515,
+        port: int = PANEL_MDC_PORT,
         *,
-        display_id: int = 0,
-        timeout_s: float = 3.0,
+        display_id: int = PANEL_MDC_ID,
+        timeout_s: float = PANEL_TIMEOUT_S,
         pin: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
