@@ -20,7 +20,8 @@ DEVICE = DeviceInfo("scr-session", "store-1", 0, None)
 
 
 class FakeWebSocket:
-    """Frames to hand out, then a disconnect once `hang_up` is set; answers recorded."""
+    """Frames to hand out, then a disconnect once `hang_up` is set; answers recorded
+    (`receive` and `send` stand for the server's own, `close` for Starlette's)."""
 
     def __init__(self, frames: list[str]) -> None:
         self.frames = frames
@@ -77,7 +78,9 @@ async def test_at_most_max_in_flight_frames_are_read_before_answers_and_each_is_
     frames = [f'{{"id":{i}}}' for i in range(1, 2 * MAX_IN_FLIGHT + 11)]
     ws = FakeWebSocket(frames)
     ingestor = HeldIngestor()
-    session = StreamSession(cast(Any, ws), fake_service(ingestor), DEVICE, "hash")
+    session = StreamSession(
+        cast(Any, ws), fake_service(ingestor), DEVICE, "hash", (ws.receive, cast(Any, ws.send))
+    )
     run = asyncio.create_task(session.run())
     for _ in range(50):
         await asyncio.sleep(0)
@@ -98,7 +101,9 @@ async def test_an_idle_session_is_closed_by_its_timer() -> None:
     ws = FakeWebSocket(['{"id":1}'])
     ingestor = HeldIngestor()
     ingestor.release.set()
-    session = StreamSession(cast(Any, ws), fake_service(ingestor, idle_s=0.2), DEVICE, "hash")
+    service = fake_service(ingestor, idle_s=0.2)
+    asgi = (ws.receive, cast(Any, ws.send))
+    session = StreamSession(cast(Any, ws), service, DEVICE, "hash", asgi)
     await asyncio.wait_for(session.run(), 30)
     assert ws.sent == ['{"id":1}']
     assert ws.closed == [CLOSE_GOING_AWAY]

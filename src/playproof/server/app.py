@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from playproof import errors
@@ -448,10 +449,17 @@ async def statement_page(request: Request) -> Response:
     return FileResponse(STATIC / "statement.html", headers={"Cache-Control": "no-cache"})
 
 
-async def stream(ws: WebSocket) -> None:
-    """GET /v1/stream (WebSocket)."""
-    service = _service(ws)
-    await serve_stream(ws, service)
+class StreamApp:
+    """GET /v1/stream (WebSocket), as a plain ASGI app.
+
+    Starlette's WebSocket accepts, reads the headers and closes; every frame goes
+    straight to the server's `receive` and `send`, past the wrapper's state checks and
+    the route's exception-handling sender (issue 17: a 1-record frame pays each step).
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ws = WebSocket(scope, receive, send)
+        await serve_stream(ws, _service(ws), receive, send)
 
 
 def _error_status(exc: errors.PlayproofError) -> int:
@@ -511,7 +519,7 @@ def create_app(service: Service) -> Starlette:
             Route("/healthz", healthz, methods=["GET"]),
             Route("/openapi.json", openapi_json, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
-            WebSocketRoute("/v1/stream", stream),
+            WebSocketRoute("/v1/stream", StreamApp()),
             Route("/", dashboard, methods=["GET"]),
             Route("/v1/operator", get_operator, methods=["GET"]),
             Route("/v1/impressions", get_impressions, methods=["GET"]),

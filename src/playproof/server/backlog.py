@@ -55,15 +55,23 @@ class Backlog:
                 self._retry_after_s,
             )
 
+    def take(self, device_id: str, records: int, nbytes: int) -> None:
+        """Count a batch as held, until `release`; Overloaded if it may not be."""
+        self.check(device_id, records, nbytes)
+        self._add(device_id, records, nbytes)
+
+    def release(self, device_id: str, records: int, nbytes: int) -> None:
+        """A batch `take` counted is answered."""
+        self._add(device_id, -records, -nbytes)
+
     @contextlib.contextmanager
     def hold(self, device_id: str, records: int, nbytes: int) -> Iterator[None]:
         """Count a batch as held until the block ends; Overloaded if it may not be."""
-        self.check(device_id, records, nbytes)
-        self._add(device_id, records, nbytes)
+        self.take(device_id, records, nbytes)
         try:
             yield
         finally:
-            self._add(device_id, -records, -nbytes)
+            self.release(device_id, records, nbytes)
 
     def _add(self, device_id: str, records: int, nbytes: int) -> None:
         self._records += records

@@ -93,12 +93,17 @@ class Ingestor:
         acks: list[protocol.Ack] = []
         write = self.judge(batch, device, received_at)
         if write.judged:
-            with self.backlog.hold(device.device_id, len(write.judged), size):
-                # Held while the signatures are verified too: that is work queued as well.
-                device = await self._with_fresh_keys(write, device)
-                write = await self.signatures.apply(write, device)
+            # Held while the signatures are verified too: that is work queued as well.
+            held = (device.device_id, len(write.judged), size)
+            self.backlog.take(*held)
+            try:
+                if self.signatures.needed(write, device):
+                    device = await self._with_fresh_keys(write, device)
+                    write = await self.signatures.apply(write, device)
                 # Planned here, on the event loop, so the store's single writer need not.
                 acks = await self.committer.commit(with_draft(write))
+            finally:
+                self.backlog.release(*held)
         self.metrics.answered(acks, transport, time.perf_counter() - started)
         return AckMessage(received_at, write.skew_ms, acks)
 
@@ -136,7 +141,7 @@ class Ingestor:
             if is_status:
                 await self.status(text, device, received_at)
                 return None
-            self.backlog.check(device.device_id, 0, len(text))
+            # The backlog was checked before the frame was encoded (stream.py).
             batch = protocol.decode_stream_batch(text)
             ack = await self.ingest(batch, device, received_at, "stream", len(text))
         except (ProtocolError, Forbidden) as exc:

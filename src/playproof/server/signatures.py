@@ -116,14 +116,20 @@ class SignatureChecker:
         self._tasks: list[asyncio.Task[None]] = []
         self._keys: dict[tuple[str, str, str], VerifyKey] = {}
 
+    @staticmethod
+    def needed(write: BatchWrite, device: DeviceInfo) -> bool:
+        """Whether `apply` has anything to do: not for version 1 from a device that need not
+        sign (the caller may skip the awaits: issue 17, a 1-record frame's every step)."""
+        return bool(device.keys or device.signatures_required or _any_signed(write))
+
     async def apply(self, write: BatchWrite, device: DeviceInfo) -> BatchWrite:
         """The batch with `bad_signature` verdicts where PROTOCOL.md's order puts them.
 
         A signature failure overrides the rules' verdict (the range checks and clock
         rules come after it); undecodable, bad_checksum and forbidden records keep theirs.
         """
-        if not device.keys and not device.signatures_required and not _any_signed(write):
-            return write  # version 1 from a device that need not sign: nothing to do
+        if not self.needed(write, device):
+            return write
         judged = list(write.judged)
         pending: list[int] = []
         jobs: list[tuple[Record, VerifyKey]] = []

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import time
 
+from starlette.types import Receive, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from playproof.errors import (
@@ -50,9 +51,16 @@ class StreamSession:
     """One device's stream connection."""
 
     def __init__(
-        self, ws: WebSocket, service: Service, device: DeviceInfo, token_hash: str
+        self,
+        ws: WebSocket,
+        service: Service,
+        device: DeviceInfo,
+        token_hash: str,
+        asgi: tuple[Receive, Send],
     ) -> None:
         self._ws = ws
+        # The server's own receive and send, for the frames (app.StreamApp).
+        self._receive, self._send_message = asgi
         self._auth = service.auth
         self._token_hash = token_hash
         self._ingestor = service.ingestor
@@ -75,7 +83,7 @@ class StreamSession:
         """Read frames until the device goes away, then let in-flight frames finish."""
         loop = asyncio.get_running_loop()
         self._idle_timer = loop.call_later(self._idle_s, self._check_idle)
-        receive = self._ws.receive
+        receive = self._receive
         try:
             while True:
                 if self._quiet_until:
@@ -203,14 +211,15 @@ class StreamSession:
         # No lock: an ASGI server writes each message whole, and answers may go in any
         # order (each carries its frame's id).
         try:
-            await self._ws.send({"type": "websocket.send", "text": reply.decode()})
-        except (WebSocketDisconnect, RuntimeError, OSError) as exc:
+            await self._send_message({"type": "websocket.send", "text": reply.decode()})
+        except (RuntimeError, OSError) as exc:  # the server's ClientDisconnected is an OSError
             self._open = False
             log.debug("ack not delivered, device will resend: %s", exc)
 
 
-async def serve_stream(ws: WebSocket, service: Service) -> None:
-    """Accept, authenticate (closing 4401 or 4403), admit, then run the session."""
+async def serve_stream(ws: WebSocket, service: Service, receive: Receive, send: Send) -> None:
+    """Accept, authenticate (closing 4401 or 4403), admit, then run the session on the
+    server's own `receive` and `send` (those `ws` was made with)."""
     await ws.accept()
     try:
         with service.guard.watch(service.guard.client(ws)) as before_lookup:
@@ -235,7 +244,7 @@ async def serve_stream(ws: WebSocket, service: Service) -> None:
     gauge = service.metrics.connections
     gauge.inc()
     try:
-        await StreamSession(ws, service, device, token_hash).run()
+        await StreamSession(ws, service, device, token_hash, (receive, send)).run()
     finally:
         gauge.dec()
         service.connections.release(device.device_id)
