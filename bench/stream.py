@@ -44,7 +44,6 @@ import argparse
 import asyncio
 import base64
 import contextlib
-import json
 import os
 import re
 import resource
@@ -64,6 +63,7 @@ from typing import cast
 import httpx
 import uvloop
 
+import floor
 import ingest
 from ingest import UNLIMITED, cpu_seconds
 from loadgen import Chunk, Device, _answer, count_rows, stream_frame, take
@@ -689,7 +689,7 @@ async def paced(
             t0 = perf_counter() + 0.5
             measure_from = n  # the first period is the warm-up
             cpu0 = gen0 = m0 = main0 = 0.0
-            threads0: dict[int, float] = {}
+            threads0: dict[int, tuple[float, float]] = {}
             waited0 = 0.0
             sampler: asyncio.Task[None] | None = None
             for j in range(total):
@@ -851,71 +851,15 @@ async def run_saturation(args: argparse.Namespace, db_url: str, pin: bool) -> bo
     )
     floor_ok = True
     if not args.no_floor:
-        store = store_floor(args, conns, frames_per_commit(commits), pin)
-        floor_ok = floor_exact(store)
+        store = floor.store_floor(
+            args, conns, floor.frames_per_commit(commits), SERVER_CORE if pin else None
+        )
+        floor_ok = floor.floor_exact(store)
         if store is not None:
-            print_floor(store, ref.cpu_us_per_frame, "the echo's framework path")
+            floor.print_floor(store, ref.cpu_us_per_frame, "the echo's framework path")
             # The echo at half the frames/s is 2 × its CPU a frame on the same core.
             print(f"  50 % of the echo's frames/s allows {2 * ref.cpu_us_per_frame:.1f} µs/frame")
     return accepted_ok and floor_ok and not any(r.tally.errors for r in results)
-
-
-def frames_per_commit(commits: dict[str, float]) -> int:
-    """The service's frames per group commit (at least 1), from its histogram."""
-    count = commits.get("playproof_commit_batches_count", 0.0)
-    return max(1, round(commits.get("playproof_commit_batches_sum", 0.0) / count)) if count else 1
-
-
-def store_floor(
-    args: argparse.Namespace, devices: int, group: int, pin: bool
-) -> dict[str, dict[str, float]] | None:
-    """The store's own cost of the run's frames: bench/batches.py's store phase (and, on
-    SQLite, its raw phase: the same rows by the store's statements alone), pinned to the
-    service's core, with 1-record batches from as many devices, `group` a commit (as the
-    service grouped them); decoding and judging timed off the clock."""
-    order = "store" if args.db else "store,raw"
-    cmd = [sys.executable, str(Path(__file__).with_name("batches.py")), "--order", order]
-    cmd += ["--records", "1", "--clients", str(devices), "--group", str(group)]
-    cmd += ["--duration", f"{min(args.duration, 8.0):g}", "--json"]
-    if args.db:
-        cmd += ["--db", args.db]
-    cmd = (["taskset", "-c", str(SERVER_CORE)] if pin else []) + cmd
-    env = dict(os.environ)
-    if args.pythonpath:
-        env["PYTHONPATH"] = args.pythonpath
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
-    found = [ln for ln in done.stdout.splitlines() if ln.startswith("json ")]
-    if done.returncode or not found:
-        print(f"  ERROR store floor: {done.stdout[-400:]} {done.stderr[-400:]}")
-        return None
-    figures: dict[str, dict[str, float]] = json.loads(found[-1].removeprefix("json "))
-    return figures
-
-
-def print_floor(phases: dict[str, dict[str, float]], framework_us: float, what: str) -> None:
-    """What any service over this store spends a frame at least: the framework's path,
-    then drafting and committing through the store; below it, the framework's path and
-    SQLite's own work for the same rows (decoding and judging, timed off the clock on
-    cold records, are printed beside it, not counted)."""
-    store = phases["store"]
-    print(
-        f"  floor: {what} {framework_us:.1f} + the store's own draft and commit "
-        f"{store['cpu_us']:.1f} (drafting {store['draft_us']:.1f}; {store['rate']:,.0f} "
-        f"frames/s alone on the core) = {framework_us + store['cpu_us']:.1f} µs/frame; "
-        f"decoding and judging, not counted: {store['judge_us']:.1f}"
-    )
-    raw = phases.get("raw")
-    if raw is not None:
-        print(
-            f"  floor without any of playproof's Python: {what} {framework_us:.1f} + SQLite "
-            f"writing the same rows by the store's statements {raw['cpu_us']:.1f} "
-            f"= {framework_us + raw['cpu_us']:.1f} µs/frame"
-        )
-
-
-def floor_exact(phases: dict[str, dict[str, float]] | None) -> bool:
-    """Every floor phase ran and checked exactly-once."""
-    return phases is not None and all(bool(p["exact"]) for p in phases.values())
 
 
 async def run_paced(
@@ -976,25 +920,15 @@ async def run_paced(
             f"RSS {e.rss_mib:.0f} MiB"
         )
         if not args.no_floor:
-            ok &= paced_floor(args, conns / period, conns, commits, e.cpu_us_per_frame, pin)
+            ok &= floor.paced_floor(
+                args,
+                conns / period,
+                conns,
+                commits,
+                e.cpu_us_per_frame,
+                SERVER_CORE if pin else None,
+            )
     return ok and not r.tally.errors
-
-
-def paced_floor(
-    args: argparse.Namespace,
-    rate: float,
-    devices: int,
-    commits: dict[str, float],
-    echo_us: float,
-    pin: bool,
-) -> bool:
-    """The floor of a paced run: the echo on its schedule, then the store's own cost."""
-    store = store_floor(args, devices, frames_per_commit(commits), pin)
-    if store is None:
-        return False
-    print_floor(store, echo_us, "the echo on this schedule")
-    print(f"  25 % of a core at {rate:,.0f} frames/s allows {0.25e6 / rate:.0f} µs/frame")
-    return floor_exact(store)
 
 
 def per_commit(commits: dict[str, float]) -> str:
