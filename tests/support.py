@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
 import socket
+import sqlite3
 import struct
 import subprocess
 import sys
 import time
 import zlib
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -61,6 +64,19 @@ def record_fields(**overrides: Any) -> dict[str, Any]:
 def make_record(**overrides: Any) -> Record:
     """A sealed record with valid defaults; any field can be overridden."""
     return seal(Record(**record_fields(**overrides)))
+
+
+@contextlib.contextmanager
+def store_stall(db_url: str) -> Iterator[None]:
+    """Another writer holds SQLite's write lock until the block ends: the service's commits
+    wait (as behind a long checkpoint or a slow disk; its busy timeout is 10 s)."""
+    conn = sqlite3.connect(db_url.removeprefix("sqlite:///"), timeout=10, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        yield
+        conn.execute("ROLLBACK")
+    finally:
+        conn.close()
 
 
 def free_port() -> int:

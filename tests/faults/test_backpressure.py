@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import sqlite3
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -29,7 +28,15 @@ from websockets.asyncio.client import ClientConnection, connect
 from playproof.device import Device
 from playproof.protocol import MAX_BATCH_BYTES, encode
 from tests.device.helpers import content, device_config, eventually, impressions
-from tests.support import ServerProcess, client, envelope, make_record, now_ms, provision
+from tests.support import (
+    ServerProcess,
+    client,
+    envelope,
+    make_record,
+    now_ms,
+    provision,
+    store_stall,
+)
 
 FLOOD_DEVICES = 50
 PER_DEVICE = 4  # the default stream_connections_per_device
@@ -86,18 +93,6 @@ class Watch:
                 # Past the ceiling the assertion has failed already: spare the machine.
                 self.over = True
                 self.loop.call_soon_threadsafe(self.stop.set)
-
-
-@contextlib.contextmanager
-def store_stall(db_url: str) -> Iterator[None]:
-    """Another writer holds SQLite's write lock: the service's commits wait."""
-    conn = sqlite3.connect(db_url.removeprefix("sqlite:///"), timeout=10, isolation_level=None)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        yield
-        conn.execute("ROLLBACK")
-    finally:
-        conn.close()
 
 
 async def flood(url: str, token: str, frame: bytes, seen: Counter[str]) -> None:
