@@ -50,6 +50,7 @@ from playproof.stores.export_ledger import ExportInfo, ExportRequest
 from playproof.stores.sqlite_conn import (
     BUSY_TIMEOUT_MS,
     WAL_LIMIT_BYTES,
+    WAL_RESTART_BYTES,
     Checkpointer,
     T,
     connect,
@@ -72,7 +73,11 @@ class SqliteStore:
     max_open_gaps = DEFAULT_POLICY.max_open_gaps
 
     def __init__(
-        self, path: Path, blob_dir: Path | None = None, wal_limit_bytes: int = WAL_LIMIT_BYTES
+        self,
+        path: Path,
+        blob_dir: Path | None = None,
+        wal_limit_bytes: int = WAL_LIMIT_BYTES,
+        wal_restart_bytes: int = WAL_RESTART_BYTES,
     ) -> None:
         self.path = path
         self.url = f"sqlite:///{path}"
@@ -81,7 +86,7 @@ class SqliteStore:
         self._readers = ThreadPoolExecutor(2, thread_name_prefix="sqlite-reader")
         self._local = threading.local()
         self._wconn: sqlite3.Connection | None = None
-        self._checkpointer = Checkpointer(path)
+        self._checkpointer = Checkpointer(path, restart_bytes=wal_restart_bytes)
         self._wal = path.with_name(path.name + "-wal")
         self._wal_limit = wal_limit_bytes
 
@@ -123,7 +128,8 @@ class SqliteStore:
         # SQLite starts the WAL over only when a write begins with every frame copied
         # into the database, which under steady writes never happens: the checkpointer
         # copies, the writer appends meanwhile. So when a checkpoint has caught up
-        # with all but the last commits, the writer copies those few itself (a PASSIVE
+        # with all but the last commits of a WAL half its bound (Checkpointer.caught_up:
+        # this costs two fsyncs), the writer copies those few itself (a PASSIVE
         # checkpoint between its transactions: nothing is appended meanwhile), and the
         # next commit starts the WAL over, overwriting it in place rather than growing
         # it (issue 17: at 1000 commits/s the WAL grew by 24 MB/s and its truncation
