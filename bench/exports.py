@@ -39,7 +39,8 @@ from typing import Any
 
 import psycopg
 
-from playproof.catalog import Catalog, Change, merge, parse_catalog
+from playproof.catalog import Catalog, Change, parse_catalog
+from playproof.catalog_merge import merge
 from playproof.protocol import Record
 from playproof.rules import Verdict
 from playproof.server import exports, reports

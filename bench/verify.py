@@ -39,7 +39,8 @@ import psycopg
 from PIL import Image, ImageDraw
 
 from playproof import imaging
-from playproof.catalog import Catalog, Change, check_references, merge, parse_catalog
+from playproof.catalog import Catalog, Change, check_references, parse_catalog
+from playproof.catalog_merge import merge
 from playproof.config import Limits
 from playproof.protocol import Record, seal
 from playproof.rules import Context, Judge, judge_item

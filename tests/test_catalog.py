@@ -21,12 +21,10 @@ from playproof.catalog import (
     ad_group_of,
     canonical,
     check_references,
-    entry_json,
-    merge,
     parse_catalog,
-    to_json,
     weekdays,
 )
+from playproof.catalog_merge import entry_json, merge, to_json
 from playproof.errors import CatalogError, ProtocolError
 
 # The example document, verbatim.

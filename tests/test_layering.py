@@ -24,6 +24,7 @@ ALLOWED = {
     "listen": {"errors"},
     # The pure core of verification, beside the rules: no I/O, nothing above it.
     "catalog": {"errors", "protocol"},
+    "catalog_merge": {"catalog"},
     "imaging": {"errors"},
     "verification": {"errors", "rules", "catalog", "imaging"},
     # Statement arithmetic: pure, priced from the catalog, failures named by verification.
@@ -53,6 +54,7 @@ ALLOWED = {
         "keylog",
         "config",
         "catalog",
+        "catalog_merge",
         "billing",  # the statement route prices with it (server/statements.py)
         "imaging",
         "verification",

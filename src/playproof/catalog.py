@@ -3,7 +3,8 @@
 One JSON document, decoded strictly and validated whole: every error is a
 `CatalogError` naming the entry by its id and the field, so that an operator
 can find the line to fix. Imports are merged (or replace the catalog) by
-`merge`, which reports every change so that past decisions stay explainable.
+`catalog_merge.merge`, which reports every change so that past decisions stay
+explainable.
 Pure: no I/O; the stores keep the catalog and its history.
 """
 
@@ -227,8 +228,6 @@ class CatalogIndex(NamedTuple):
 Entry = Supplier | StoreEntry | DeviceEntry | Content | Campaign
 _T = TypeVar("_T", Supplier, StoreEntry, DeviceEntry, Content, Campaign)
 
-_encoder = msgspec.json.Encoder(order="sorted")
-
 
 def ad_group_of(campaign: Campaign, ad_group_id: str) -> AdGroup | None:
     """The campaign's ad group with that id, or None."""
@@ -238,11 +237,12 @@ def ad_group_of(campaign: Campaign, ad_group_id: str) -> AdGroup | None:
 def index(catalog: Catalog) -> CatalogIndex:
     """The catalog's entries by id."""
     return CatalogIndex(
-        *({_entry_id(e): e for e in getattr(catalog, field)} for _, field, _ in KINDS)
+        *({entry_id(e): e for e in getattr(catalog, field)} for _, field, _ in KINDS)
     )
 
 
-def _entry_id(entry: Entry) -> str:
+def entry_id(entry: Entry) -> str:
+    """An entry's id: its first field."""
     return str(getattr(entry, type(entry).__struct_fields__[0]))
 
 
@@ -526,7 +526,7 @@ def minute_of_day(hhmm: str) -> int:
     return int(hours) * 60 + int(minutes)
 
 
-# --- references, canonical form, merge -----------------------------------------
+# --- references ----------------------------------------------------------------
 
 
 def check_references(catalog: Catalog) -> None:
@@ -551,6 +551,9 @@ def _check_known(at: str, ids: Sequence[str], known: dict[str, Any], kind: str) 
             _fail(f"{at}[{i}]", f"a {kind} in the catalog", value)
 
 
+# --- canonical form ------------------------------------------------------------
+
+
 def canonical(catalog: Catalog) -> Catalog:
     """The same catalog with every id-keyed list sorted, so that equal catalogs compare equal."""
     return Catalog(
@@ -558,15 +561,16 @@ def canonical(catalog: Catalog) -> Catalog:
         stores=_sorted(catalog.stores),
         devices=_sorted(catalog.devices),
         contents=_sorted(catalog.contents),
-        campaigns=_sorted([_canonical_campaign(c) for c in catalog.campaigns]),
+        campaigns=_sorted([canonical_campaign(c) for c in catalog.campaigns]),
     )
 
 
 def _sorted(entries: Sequence[_T]) -> list[_T]:
-    return sorted(entries, key=_entry_id)
+    return sorted(entries, key=entry_id)
 
 
-def _canonical_campaign(campaign: Campaign) -> Campaign:
+def canonical_campaign(campaign: Campaign) -> Campaign:
+    """The campaign with its targets and ad groups sorted."""
     stores, devices = campaign.targets.stores, campaign.targets.devices
     targets = Targets(stores=sorted(stores), devices=sorted(devices))
     groups = [
@@ -574,39 +578,3 @@ def _canonical_campaign(campaign: Campaign) -> Campaign:
         for g in sorted(campaign.ad_groups, key=lambda g: g.ad_group_id)
     ]
     return msgspec.structs.replace(campaign, targets=targets, ad_groups=groups)
-
-
-def to_json(catalog: Catalog) -> bytes:
-    """Canonical JSON (lists sorted by id, keys sorted): identical catalogs, identical bytes."""
-    return _encoder.encode(canonical(catalog))
-
-
-def entry_json(entry: Entry) -> str:
-    """One entry as canonical JSON text, as a Change carries it."""
-    if isinstance(entry, Campaign):
-        entry = _canonical_campaign(entry)
-    return _encoder.encode(entry).decode()
-
-
-def merge(current: Catalog, incoming: Catalog, replace: bool) -> tuple[Catalog, list[Change]]:
-    """Apply an import: add or update what `incoming` names; `replace` retires what it omits."""
-    now, new = index(canonical(current)), index(canonical(incoming))
-    lists: dict[str, list[Any]] = {}
-    changes: list[Change] = []
-    for kind, field, _ in KINDS:
-        before: dict[str, Any] = getattr(now, field)
-        after: dict[str, Any] = getattr(new, field)
-        result = dict(after) if replace else {**before, **after}
-        changes.extend(_changes(kind, before, result))
-        lists[field] = list(result.values())
-    return canonical(Catalog(**lists)), changes
-
-
-def _changes(kind: str, before: dict[str, Any], after: dict[str, Any]) -> Iterator[Change]:
-    for key in sorted(before.keys() | after.keys()):
-        old, new = before.get(key), after.get(key)
-        if old == new:
-            continue
-        action = "added" if old is None else "retired" if new is None else "updated"
-        before_json, after_json = (None if e is None else entry_json(e) for e in (old, new))
-        yield Change(kind, key, action, before_json, after_json)

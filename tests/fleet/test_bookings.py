@@ -10,7 +10,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from playproof import imaging
-from playproof.catalog import Catalog, check_references, index, merge, parse_catalog
+from playproof.catalog import Catalog, check_references, index, parse_catalog
+from playproof.catalog_merge import merge
 from playproof.fleet.bookings import Bookings, book, write
 from playproof.fleet.pictures import SimulatedCapture, picture
 from playproof.fleet.plan import HOUR_MS, Faults, FleetOptions, ScreenPlan, build

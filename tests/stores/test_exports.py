@@ -18,7 +18,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from playproof.catalog import Catalog, Change, check_references, merge, parse_catalog
+from playproof.catalog import Catalog, Change, check_references, parse_catalog
+from playproof.catalog_merge import merge
 from playproof.exports import DV360, PLAYOUT
 from playproof.server import exports
 from playproof.server.verifier import Verifier

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from playproof.catalog import Catalog, Change, check_references, merge, parse_catalog
+from playproof.catalog import Catalog, Change, check_references, parse_catalog
+from playproof.catalog_merge import merge
 from playproof.errors import CatalogError
 from playproof.server.verifier import Verifier
 from playproof.stores import verification_queries as vq

@@ -16,15 +16,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from playproof import imaging
-from playproof.catalog import (
-    Catalog,
-    Change,
-    check_references,
-    index,
-    merge,
-    parse_catalog,
-    to_json,
-)
+from playproof.catalog import Catalog, Change, check_references, index, parse_catalog
+from playproof.catalog_merge import merge, to_json
 from playproof.errors import CatalogError, NotFound
 from playproof.stores import verification_queries as vq
 from playproof.stores.base import Store
