@@ -182,6 +182,18 @@ class ServerProcess(ChildProcess):
         self.url = ready.group(1).decode()
         return self.url
 
+    @property
+    def stream_url(self) -> str:
+        """The WebSocket stream's URL."""
+        return self.url.replace("http://", "ws://") + "/v1/stream"
+
+    @property
+    def metrics_url(self) -> str:
+        """The `--metrics-listen` address (no token) the server announced as it started."""
+        found = re.search(rb"playproof metrics on (http://\S+)", self.log)
+        assert found, self.log.decode(errors="replace")
+        return found.group(1).decode()
+
     def __enter__(self) -> ServerProcess:
         self.start()
         return self
@@ -215,6 +227,11 @@ def envelope(
         "sent_at": now_ms() if sent_at is None else sent_at,
         "impressions": [json.loads(encode(r)) for r in records],
     }
+
+
+def bearer(token: str) -> dict[str, str]:
+    """The Authorization header of a bearer token."""
+    return {"Authorization": f"Bearer {token}"}
 
 
 def client(url: str, token: str | None = None) -> httpx.Client:

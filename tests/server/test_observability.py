@@ -79,18 +79,11 @@ def test_metrics_on_the_main_listener_need_an_operator_token(
         assert "playproof_" not in answer.text, "a refusal shows no metric"
 
 
-def metrics_url(server: ServerProcess) -> str:
-    """The `--metrics-listen` address the server announced before it said it serves."""
-    found = re.search(rb"playproof metrics on (http://\S+)", server.log)
-    assert found, server.log.decode(errors="replace")
-    return found.group(1).decode()
-
-
 def test_metrics_listen_serves_metrics_alone_without_a_token_and_the_main_port_still_asks_one(
     db_url: str,
 ) -> None:
     with ServerProcess(db_url, "--metrics-listen", "127.0.0.1:0") as server:
-        private = metrics_url(server)
+        private = server.metrics_url
         assert private != server.url
         with httpx.Client(base_url=private, timeout=30) as http:
             scraped = http.get("/metrics")

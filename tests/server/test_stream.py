@@ -12,7 +12,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.support import ServerProcess, envelope, make_record, now_ms, provision
+from tests.support import ServerProcess, bearer, envelope, make_record, now_ms, provision
 
 _ids = count(1)
 
@@ -22,14 +22,6 @@ def device(server: ServerProcess) -> tuple[str, str]:
     """A freshly registered device of its own: (device_id, token)."""
     device_id = f"scr-ws-{next(_ids)}"
     return device_id, provision(server.db_url, device_id, "store-1")
-
-
-def ws_url(server: ServerProcess) -> str:
-    return server.url.replace("http://", "ws://") + "/v1/stream"
-
-
-def headers(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 async def recv_json(ws: ClientConnection, timeout: float = 10) -> dict[str, Any]:
@@ -55,7 +47,7 @@ async def test_pipelined_frames_are_each_answered_by_id_after_commit(
     server: ServerProcess, device: tuple[str, str]
 ) -> None:
     device_id, token = device
-    async with connect(ws_url(server), additional_headers=headers(token)) as ws:
+    async with connect(server.stream_url, additional_headers=bearer(token)) as ws:
         for i in range(20):
             await ws.send(frame(100 + i, device_id, [i * 3 + 1, i * 3 + 2, i * 3 + 3]))
         answers = [await recv_json(ws) for _ in range(20)]
@@ -71,7 +63,7 @@ async def test_a_resent_frame_gets_duplicates(
     server: ServerProcess, device: tuple[str, str]
 ) -> None:
     device_id, token = device
-    async with connect(ws_url(server), additional_headers=headers(token)) as ws:
+    async with connect(server.stream_url, additional_headers=bearer(token)) as ws:
         once = json.loads(frame(1, device_id, [1]))
         await ws.send(json.dumps(once))
         first = await recv_json(ws)
@@ -99,7 +91,7 @@ async def test_a_malformed_frame_gets_an_error_and_the_connection_stays_open(
     server: ServerProcess, device: tuple[str, str], text: str, answer_id: int | None, fragment: str
 ) -> None:
     device_id, token = device
-    async with connect(ws_url(server), additional_headers=headers(token)) as ws:
+    async with connect(server.stream_url, additional_headers=bearer(token)) as ws:
         await ws.send(text)
         error = await recv_json(ws)
         assert error["id"] == answer_id
@@ -110,7 +102,7 @@ async def test_a_malformed_frame_gets_an_error_and_the_connection_stays_open(
 
 async def test_a_binary_frame_gets_an_error(server: ServerProcess, device: tuple[str, str]) -> None:
     _, token = device
-    async with connect(ws_url(server), additional_headers=headers(token)) as ws:
+    async with connect(server.stream_url, additional_headers=bearer(token)) as ws:
         await ws.send(b'{"id": 1}')
         error = await recv_json(ws)
     assert error["id"] is None
@@ -121,7 +113,7 @@ async def test_a_frame_for_another_device_is_refused_and_nothing_stored(
     server: ServerProcess, device: tuple[str, str]
 ) -> None:
     _, token = device
-    async with connect(ws_url(server), additional_headers=headers(token)) as ws:
+    async with connect(server.stream_url, additional_headers=bearer(token)) as ws:
         await ws.send(frame(4, "scr-victim-ws", [1]))
         error = await recv_json(ws)
     assert error["id"] == 4
@@ -140,7 +132,7 @@ async def test_status_frames_are_stored_and_not_answered(
         "queue_depth": 42,
         "drift_ppm": 1.5,
     }
-    async with connect(ws_url(server), additional_headers=headers(token)) as ws:
+    async with connect(server.stream_url, additional_headers=bearer(token)) as ws:
         await ws.send(json.dumps(status))
         await ws.send(frame(5, device_id, [1]))
         answer = await recv_json(ws)  # the first answer is the batch's: the status got none
@@ -156,8 +148,8 @@ async def test_status_frames_are_stored_and_not_answered(
 async def test_bad_credentials_close_with_4401(
     server: ServerProcess, token: str | None, code: int
 ) -> None:
-    extra = headers(token) if token else {}
-    async with connect(ws_url(server), additional_headers=extra) as ws:
+    extra = bearer(token) if token else {}
+    async with connect(server.stream_url, additional_headers=extra) as ws:
         with pytest.raises(ConnectionClosed) as closed:
             await asyncio.wait_for(ws.recv(), 10)
     assert closed.value.rcvd is not None
@@ -171,7 +163,7 @@ async def test_a_revoked_token_closes_with_4403(server: ServerProcess) -> None:
     async with admin.opened(server.db_url) as store:
         await admin.revoke_device(store, "scr-ws-revoked")
     await asyncio.sleep(2.1)  # the service caches token lookups for 2 s
-    async with connect(ws_url(server), additional_headers=headers(token)) as ws:
+    async with connect(server.stream_url, additional_headers=bearer(token)) as ws:
         with pytest.raises(ConnectionClosed) as closed:
             await asyncio.wait_for(ws.recv(), 10)
     assert closed.value.rcvd is not None
@@ -184,7 +176,7 @@ async def test_many_connections_at_once_are_each_acknowledged(server: ServerProc
     ]
 
     async def one(device_id: str, token: str) -> list[str]:
-        async with connect(ws_url(server), additional_headers=headers(token)) as ws:
+        async with connect(server.stream_url, additional_headers=bearer(token)) as ws:
             for i in range(5):
                 await ws.send(frame(i, device_id, [i + 1]))
             answers = [await recv_json(ws) for _ in range(5)]
@@ -199,7 +191,7 @@ async def _refused_on_open_stream(server: ServerProcess, device_id: str, action:
     from playproof.server import admin
 
     token = provision(server.db_url, device_id, "store-1")
-    async with connect(ws_url(server), additional_headers=headers(token)) as ws:
+    async with connect(server.stream_url, additional_headers=bearer(token)) as ws:
         await ws.send(frame(1, device_id, [1]))
         assert (await recv_json(ws))["acks"][0]["result"] == "accepted"
         async with admin.opened(server.db_url) as store:

@@ -25,7 +25,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from playproof.server.stream import CLOSE_GOING_AWAY, MAX_IN_FLIGHT
-from tests.support import ServerProcess, envelope, make_record, provision, store_stall
+from tests.support import ServerProcess, bearer, envelope, make_record, provision, store_stall
 
 FRAMES = 2 * MAX_IN_FLIGHT + 10
 # Each frame is padded with this many bytes of JSON whitespace, so that the frames past the
@@ -41,27 +41,12 @@ IDLE_S = 1.5
 BACKLOG = re.compile(r"^playproof_backlog_records (\S+)$", re.MULTILINE)
 
 
-def ws_url(server: ServerProcess) -> str:
-    return server.url.replace("http://", "ws://") + "/v1/stream"
-
-
-def auth(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
 def frame(frame_id: int, device_id: str, pad: int = 0) -> str:
     """A version-1 frame of one sealed record (seq = frame id), padded with `pad` spaces."""
     body = json.dumps(
         {"id": frame_id, **envelope([make_record(device_id=device_id, seq=frame_id)], device_id)}
     )
     return body[:-1] + " " * pad + "}"
-
-
-def metrics_url(server: ServerProcess) -> str:
-    """The `--metrics-listen` address (no token, no store read) the server announced."""
-    found = re.search(rb"playproof metrics on (http://\S+)", server.log)
-    assert found, server.log.decode(errors="replace")
-    return found.group(1).decode()
 
 
 async def backlog_records(scrape: httpx.AsyncClient) -> int:
@@ -145,8 +130,8 @@ async def test_at_most_max_in_flight_frames_are_taken_in_before_answers_and_each
         pong.set()
 
     async with (
-        httpx.AsyncClient(base_url=metrics_url(serving), timeout=10) as scrape,
-        connect(ws_url(serving), additional_headers=auth(token)) as ws,
+        httpx.AsyncClient(base_url=serving.metrics_url, timeout=10) as scrape,
+        connect(serving.stream_url, additional_headers=bearer(token)) as ws,
     ):
         answers = Answers(ws)
         with store_stall(serving.db_url):
@@ -185,7 +170,7 @@ async def test_an_idle_connection_is_closed_going_away_by_its_timer(db_url: str)
     device_id = "scr-session-idle"
     token = provision(db_url, device_id)
     with ServerProcess(db_url, "--limit", f"stream_idle_s={IDLE_S}") as server:
-        async with connect(ws_url(server), additional_headers=auth(token)) as ws:
+        async with connect(server.stream_url, additional_headers=bearer(token)) as ws:
             answers = Answers(ws)
             await ws.send(frame(1, device_id))
             # Never closed without the timer: the client's keepalive pings are answered.
