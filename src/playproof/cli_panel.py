@@ -91,16 +91,15 @@ def panel_config(given: PanelOptions) -> PanelConfig:
     setting is one line (ConfigError) before anything is written."""
     from playproof.device.panel import PanelConfig, make_source
 
-    _, drm_connector, drm_root, cec_device, mdc_host, mdc_port, mdc_id, mdc_pin, timeout_s = given
     options = PanelConfig(
-        timeout_s=timeout_s,
-        drm_root=drm_root,
-        drm_connector=drm_connector,
-        cec_device=cec_device,
-        mdc_host=mdc_host,
-        mdc_port=mdc_port,
-        mdc_id=mdc_id,
-        mdc_pin=mdc_pin,
+        timeout_s=given.panel_timeout,
+        drm_root=given.panel_drm_root,
+        drm_connector=given.panel_drm_connector,
+        cec_device=given.panel_cec_device,
+        mdc_host=given.panel_mdc_host,
+        mdc_port=given.panel_mdc_port,
+        mdc_id=given.panel_mdc_id,
+        mdc_pin=given.panel_mdc_pin,
     )
     make_source(given.panel, options)
     return options
