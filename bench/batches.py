@@ -104,8 +104,8 @@ from playproof.server.ingest import Ingestor, wall_clock_ms
 from playproof.stores import open_store, sqlite_conn, sqlite_rows
 from playproof.stores import postgres_sql as q
 from playproof.stores.base import IMPRESSION_COLUMNS, BatchWrite, DeviceInfo, sequence_changes
-from playproof.stores.draft import draft, plan_group, with_draft
-from playproof.stores.rollup import ROLLUPS, Delta, Rollup, deltas, postgres_upsert
+from playproof.stores.draft import plan_group, with_draft
+from playproof.stores.rollup import ROLLUPS, Delta, Rollup, postgres_upsert
 from stream import load_average, machine, start_profile, stop_profile
 
 STORE_MARGIN = 1.6  # pre-build this much more than the warm-up rate predicts
@@ -383,103 +383,8 @@ async def run_store(args: argparse.Namespace, url: str, app: str, blobs: Path) -
 
 
 @dataclass
-class Rows:
-    """One batch's rows as the store would write them, planned before the clock."""
-
-    impressions: list[tuple[Any, ...]]
-    rollups: dict[Rollup, list[Delta]]
-    journal: tuple[Any, ...]
-
-
-def planned(writes: Sequence[BatchWrite]) -> list[Rows]:
-    """The rows of a lane's batches, each journal's state chained from batch to batch."""
-    states: dict[tuple[str, str], SequenceState] = {}
-    out = []
-    for write in writes:
-        plan = draft(write)
-        now = write.received_at
-        ((key, change),) = sequence_changes(
-            plan.plan.arrivals, states, DEFAULT_POLICY.max_open_gaps
-        ).items()
-        states[key] = change.state
-        s = change.state
-        journal = (*key, s.high_water, s.high_water_ts, s.gap_count, s.suspect, now, now)
-        out.append(Rows(plan.plan.impressions, deltas(plan.sums), journal))
-    return out
-
-
-_UPSERT = {rollup: postgres_upsert(rollup) for rollup in ROLLUPS}
-_IMPRESSION_TYPES = [q.IMPRESSION_TYPES[c] for c in IMPRESSION_COLUMNS]
-
-
-async def copy_batch(conn: psycopg.AsyncConnection[Any], rows: Rows) -> None:
-    """One batch in one transaction: COPY keys and impressions, add the rollups, move the
-    journal."""
-    async with conn.transaction():
-        cur = conn.cursor()
-        async with cur.copy(q.COPY_KEYS) as copy:
-            copy.set_types(q.KEY_TYPES)
-            for key in map(KEY_ROW, rows.impressions):
-                await copy.write_row(key)
-        async with cur.copy(q.COPY_IMPRESSIONS) as copy:
-            copy.set_types(_IMPRESSION_TYPES)
-            for row in rows.impressions:
-                await copy.write_row(row)
-        for rollup, delta in rows.rollups.items():
-            await conn.execute(_UPSERT[rollup], [list(c) for c in zip(*delta, strict=True)])
-        await conn.execute(UPSERT_JOURNAL, rows.journal)
-
-
-async def run_copy(args: argparse.Namespace, url: str, app: str, blobs: Path) -> Phase:
-    """Raw COPY of planned rows, one transaction a batch, from the store's lane count."""
-    phase = Phase("copy")
-    store = open_store(url, blobs)  # only to judge batches as the service does
-    lanes = args.lanes or store.commit_lanes
-    made = Batches(store, args.records, max(args.clients, lanes))
-    conns = [await psycopg.AsyncConnection.connect(url) for _ in range(lanes)]
-    before = count_rows(url)
-    try:
-
-        async def lane(
-            conn: psycopg.AsyncConnection[Any], pool: list[Rows], deadline: float
-        ) -> int:
-            copied = 0
-            for rows in pool:
-                if perf_counter() >= deadline:
-                    break
-                await copy_batch(conn, rows)
-                copied += len(rows.impressions)
-            return copied
-
-        warm = [planned(p) for p in made.lanes(lanes, 2)]
-        started = perf_counter()
-        copied = sum(await asyncio.gather(*map(lane, conns, warm, [math.inf] * lanes)))
-        rate = copied / (perf_counter() - started)
-        pools = [planned(p) for p in made.lanes(lanes, pool_size(args, rate, lanes))]
-        deadline = math.inf if args.batches else perf_counter() + args.duration
-        db = DbCpu(url, app)
-        db.begin()
-        cpu0, started = time.process_time(), perf_counter()
-        done = await asyncio.gather(*map(lane, conns, pools, [deadline] * lanes))
-        phase.seconds = perf_counter() - started
-        phase.cpu_s = time.process_time() - cpu0
-        db.end()
-    finally:
-        for conn in conns:
-            await conn.close()
-    phase.records = sum(done)
-    phase.db_cpu_s = db.seconds
-    phase.note = f"{lanes} lanes, one transaction a batch"
-    exactly_once(phase, count_rows(url) - before, copied + phase.records)
-    return phase
-
-
-# --- phase 3 on SQLite: the same rows written with the store's own statements ---------
-
-
-@dataclass
 class Group:
-    """One group commit's writes as the SQLite store would make them, planned before the
+    """One group commit's writes as the store would make them, planned before the
     clock: impression rows, rollup deltas, journal rows."""
 
     impressions: list[tuple[Any, ...]]
@@ -503,6 +408,76 @@ def planned_groups(writes: Sequence[BatchWrite], group: int) -> list[Group]:
             journals.append((*key, st.high_water, st.high_water_ts, st.gap_count, st.suspect))
         out.append(Group(plan.impressions, rollups, [(*j, now, now) for j in journals]))
     return out
+
+
+_UPSERT = {rollup: postgres_upsert(rollup) for rollup in ROLLUPS}
+_IMPRESSION_TYPES = [q.IMPRESSION_TYPES[c] for c in IMPRESSION_COLUMNS]
+
+
+async def copy_batch(conn: psycopg.AsyncConnection[Any], rows: Group) -> None:
+    """One batch in one transaction: COPY keys and impressions, add the rollups, move the
+    journal."""
+    async with conn.transaction():
+        cur = conn.cursor()
+        async with cur.copy(q.COPY_KEYS) as copy:
+            copy.set_types(q.KEY_TYPES)
+            for key in map(KEY_ROW, rows.impressions):
+                await copy.write_row(key)
+        async with cur.copy(q.COPY_IMPRESSIONS) as copy:
+            copy.set_types(_IMPRESSION_TYPES)
+            for row in rows.impressions:
+                await copy.write_row(row)
+        for rollup, delta in rows.rollups.items():
+            await conn.execute(_UPSERT[rollup], [list(c) for c in zip(*delta, strict=True)])
+        for journal in rows.journals:
+            await conn.execute(UPSERT_JOURNAL, journal)
+
+
+async def run_copy(args: argparse.Namespace, url: str, app: str, blobs: Path) -> Phase:
+    """Raw COPY of planned rows, one transaction a batch, from the store's lane count."""
+    phase = Phase("copy")
+    store = open_store(url, blobs)  # only to judge batches as the service does
+    lanes = args.lanes or store.commit_lanes
+    made = Batches(store, args.records, max(args.clients, lanes))
+    conns = [await psycopg.AsyncConnection.connect(url) for _ in range(lanes)]
+    before = count_rows(url)
+    try:
+
+        async def lane(
+            conn: psycopg.AsyncConnection[Any], pool: list[Group], deadline: float
+        ) -> int:
+            copied = 0
+            for rows in pool:
+                if perf_counter() >= deadline:
+                    break
+                await copy_batch(conn, rows)
+                copied += len(rows.impressions)
+            return copied
+
+        warm = [planned_groups(p, 1) for p in made.lanes(lanes, 2)]
+        started = perf_counter()
+        copied = sum(await asyncio.gather(*map(lane, conns, warm, [math.inf] * lanes)))
+        rate = copied / (perf_counter() - started)
+        pools = [planned_groups(p, 1) for p in made.lanes(lanes, pool_size(args, rate, lanes))]
+        deadline = math.inf if args.batches else perf_counter() + args.duration
+        db = DbCpu(url, app)
+        db.begin()
+        cpu0, started = time.process_time(), perf_counter()
+        done = await asyncio.gather(*map(lane, conns, pools, [deadline] * lanes))
+        phase.seconds = perf_counter() - started
+        phase.cpu_s = time.process_time() - cpu0
+        db.end()
+    finally:
+        for conn in conns:
+            await conn.close()
+    phase.records = sum(done)
+    phase.db_cpu_s = db.seconds
+    phase.note = f"{lanes} lanes, one transaction a batch"
+    exactly_once(phase, count_rows(url) - before, copied + phase.records)
+    return phase
+
+
+# --- phase 3 on SQLite: the same rows written with the store's own statements ---------
 
 
 def write_group(conn: sqlite3.Connection, group: Group) -> None:
