@@ -71,9 +71,26 @@ def print_floor(phases: dict[str, dict[str, float]], framework_us: float, what: 
         )
 
 
-def floor_exact(phases: dict[str, dict[str, float]] | None) -> bool:
-    """Every floor phase ran and checked exactly-once."""
-    return phases is not None and all(bool(p["exact"]) for p in phases.values())
+def floor_exact(phases: dict[str, dict[str, float]]) -> bool:
+    """Every floor phase checked exactly-once."""
+    return all(bool(p["exact"]) for p in phases.values())
+
+
+def saturation_floor(
+    args: argparse.Namespace,
+    devices: int,
+    commits: dict[str, float],
+    echo_us: float,
+    core: int | None,
+) -> bool:
+    """The floor of the saturation run: the echo's path, then the store's own cost."""
+    store = store_floor(args, devices, frames_per_commit(commits), core)
+    if store is None:
+        return False
+    print_floor(store, echo_us, "the echo's framework path")
+    # The echo at half the frames/s is 2 × its CPU a frame on the same core.
+    print(f"  50 % of the echo's frames/s allows {2 * echo_us:.1f} µs/frame")
+    return floor_exact(store)
 
 
 def paced_floor(

@@ -849,16 +849,9 @@ async def run_saturation(args: argparse.Namespace, db_url: str, pin: bool) -> bo
         f"  playproof / echo = {100 * ratio:.0f} % (target ≥ 50 %); "
         f"{ours.cpu_us_per_frame:.1f} µs/frame (target ≤ 50)"
     )
-    floor_ok = True
-    if not args.no_floor:
-        store = floor.store_floor(
-            args, conns, floor.frames_per_commit(commits), SERVER_CORE if pin else None
-        )
-        floor_ok = floor.floor_exact(store)
-        if store is not None:
-            floor.print_floor(store, ref.cpu_us_per_frame, "the echo's framework path")
-            # The echo at half the frames/s is 2 × its CPU a frame on the same core.
-            print(f"  50 % of the echo's frames/s allows {2 * ref.cpu_us_per_frame:.1f} µs/frame")
+    floor_ok = args.no_floor or floor.saturation_floor(
+        args, conns, commits, ref.cpu_us_per_frame, SERVER_CORE if pin else None
+    )
     return accepted_ok and floor_ok and not any(r.tally.errors for r in results)
 
 
