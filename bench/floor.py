@@ -76,35 +76,19 @@ def floor_exact(phases: dict[str, dict[str, float]]) -> bool:
     return all(bool(p["exact"]) for p in phases.values())
 
 
-def saturation_floor(
+def check_floor(
     args: argparse.Namespace,
     devices: int,
     commits: dict[str, float],
-    echo_us: float,
     core: int | None,
+    framework: tuple[str, float],
+    allowed: tuple[str, float],
 ) -> bool:
-    """The floor of the saturation run: the echo's path, then the store's own cost."""
+    """A run's floor, printed: `framework` (what, µs a frame) then the store's own cost,
+    beside what the target allows (`allowed`: by what, µs a frame)."""
     store = store_floor(args, devices, frames_per_commit(commits), core)
     if store is None:
         return False
-    print_floor(store, echo_us, "the echo's framework path")
-    # The echo at half the frames/s is 2 × its CPU a frame on the same core.
-    print(f"  50 % of the echo's frames/s allows {2 * echo_us:.1f} µs/frame")
-    return floor_exact(store)
-
-
-def paced_floor(
-    args: argparse.Namespace,
-    rate: float,
-    devices: int,
-    commits: dict[str, float],
-    echo_us: float,
-    core: int | None,
-) -> bool:
-    """The floor of a paced run: the echo on its schedule, then the store's own cost."""
-    store = store_floor(args, devices, frames_per_commit(commits), core)
-    if store is None:
-        return False
-    print_floor(store, echo_us, "the echo on this schedule")
-    print(f"  25 % of a core at {rate:,.0f} frames/s allows {0.25e6 / rate:.0f} µs/frame")
+    print_floor(store, framework[1], framework[0])
+    print(f"  {allowed[0]} allows {allowed[1]:.1f} µs/frame")
     return floor_exact(store)

@@ -849,8 +849,14 @@ async def run_saturation(args: argparse.Namespace, db_url: str, pin: bool) -> bo
         f"  playproof / echo = {100 * ratio:.0f} % (target ≥ 50 %); "
         f"{ours.cpu_us_per_frame:.1f} µs/frame (target ≤ 50)"
     )
-    floor_ok = args.no_floor or floor.saturation_floor(
-        args, conns, commits, ref.cpu_us_per_frame, SERVER_CORE if pin else None
+    # The echo at half its frames/s is 2 × its CPU a frame on the same core.
+    floor_ok = args.no_floor or floor.check_floor(
+        args,
+        conns,
+        commits,
+        SERVER_CORE if pin else None,
+        ("the echo's framework path", ref.cpu_us_per_frame),
+        ("50 % of the echo's frames/s", 2 * ref.cpu_us_per_frame),
     )
     return accepted_ok and floor_ok and not any(r.tally.errors for r in results)
 
@@ -913,13 +919,14 @@ async def run_paced(
             f"RSS {e.rss_mib:.0f} MiB"
         )
         if not args.no_floor:
-            ok &= floor.paced_floor(
+            rate = conns / period
+            ok &= floor.check_floor(
                 args,
-                conns / period,
                 conns,
                 commits,
-                e.cpu_us_per_frame,
                 SERVER_CORE if pin else None,
+                ("the echo on this schedule", e.cpu_us_per_frame),
+                (f"25 % of a core at {rate:,.0f} frames/s", 0.25e6 / rate),
             )
     return ok and not r.tally.errors
 
