@@ -6,8 +6,11 @@ writer holding SQLite's lock for a few seconds, as a long checkpoint or a slow
 disk would) keeps anything from being committed. The service's resident memory,
 read from /proc, must stay under the ceiling docs/operators.md gives for the
 default limits, and a well-behaved screen on the real SDK must get every play
-committed. Before the backlog was bounded, the held frames grew by hundreds of
-MiB a second until the stall ended.
+committed, never once told that the service is overloaded: the backlog keeps its
+last eighth for devices holding little (server/backlog.py). Before the backlog was
+bounded, the held frames grew by hundreds of MiB a second until the stall ended;
+before the reserve, the flood filled it to its last KiB and the screen's frames
+were refused for as long as the flood had them so.
 """
 
 from __future__ import annotations
@@ -131,7 +134,7 @@ def target(db_url: str) -> Iterator[tuple[ServerProcess, list[str], str]]:
 
 
 async def test_200_connections_of_1_mib_frames_leave_memory_bounded_and_a_screen_committing(
-    target: tuple[ServerProcess, list[str], str], tmp_path: Path
+    target: tuple[ServerProcess, list[str], str], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     server, tokens, good = target
     assert server.proc is not None
@@ -164,6 +167,8 @@ async def test_200_connections_of_1_mib_frames_leave_memory_bounded_and_a_screen
     )
     assert seen["retry"] > 0, f"the flood must have met the bound: {seen}"
     assert [r["seq"] for r in impressions(server.db_url, "scr-good")] == seqs
+    refused = [r.getMessage() for r in caplog.records if "overloaded" in r.getMessage()]
+    assert not refused, f"the screen was refused for the flood: {refused[:3]}"
 
 
 async def _play(device: Device) -> int:

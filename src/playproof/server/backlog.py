@@ -7,15 +7,20 @@ take it past `max_records` or `max_bytes` (`Overloaded`: HTTP 503, a stream
 frame error with `retry_after_ms`), so that no flood, and no store that has
 stopped committing, can take the service's memory.
 
-Fairness: once the backlog is half full, a device may add to it only while it
-holds at most a 1/(n+1) share, n being the devices holding something (itself
-included). Devices within their shares hold at most n/(n+1) of the whole, so
-there is room for one more device's batch of up to its share; a device holding
-more than that gets nothing more until its batches are answered. A flood from
-many tokens thus shares the backlog with a well-behaved screen rather than
-taking it all (the stream also leaves a refused connection unread for a while,
-stream.py); it only shrinks the batch a device can have taken at once
-(64 MiB / 52 devices: 1.2 MiB).
+Fairness: the last eighth of the backlog (`RESERVE`) is kept for devices holding
+little: a device may take from it only while it holds at most a 1/(n+1) share of
+the reserve, n being the devices holding something (itself included). Big batches
+thus fill at most seven eighths, and a screen sending a frame of a few records finds
+room however a flood of big frames fills the rest (64 MiB / 8 / 52 devices: 157 KiB
+a device with 51 holders). Without the reserve, frames a flood had taken while the
+backlog was under half full (any device may add then) and then its devices' shares
+past half full could take the backlog to its brim, and a screen's 1 KiB frame was
+refused for as long as the flood lasted.
+
+Past half full, too, a device may add only while it holds at most a 1/(n+1) share
+of the whole, so that a flood from many tokens shares the backlog rather than one
+token taking it all (the stream also leaves a refused connection unread for a
+while, stream.py).
 """
 
 from __future__ import annotations
@@ -25,12 +30,16 @@ from collections.abc import Iterator
 
 from playproof.errors import Overloaded
 
+# The part of the backlog kept for devices holding little (see the module's docstring).
+RESERVE = 1 / 8
+
 
 class Backlog:
     """Records and body bytes held from reading to answering, bounded in total and per device."""
 
     def __init__(self, max_records: int, max_bytes: int, retry_after_s: float = 1.0) -> None:
         self._max = (max_records, max_bytes)
+        self._reserve = (max_records * RESERVE, max_bytes * RESERVE)
         self._retry_after_s = retry_after_s
         self._records = 0
         self._bytes = 0
@@ -90,12 +99,19 @@ class Backlog:
                 f"it holds {self._records} records and {self._bytes} bytes, "
                 f"at most {self._max[0]} and {self._max[1]}"
             )
+        held_records, held_bytes = self._held.get(device_id, (0, 0))
+        share = len(self._held) + (device_id not in self._held) + 1
+        mine = (held_records + records, held_bytes + nbytes)
+        if mine[0] * share <= self._reserve[0] and mine[1] * share <= self._reserve[1]:
+            return None
+        if total[0] > self._max[0] - self._reserve[0] or total[1] > self._max[1] - self._reserve[1]:
+            return (
+                f"its last {RESERVE:.1%} is kept for devices holding less than a 1/{share} "
+                f"share of that; device {device_id!r} would hold {mine[0]} records and "
+                f"{mine[1]} bytes"
+            )
         if total[0] * 2 <= self._max[0] and total[1] * 2 <= self._max[1]:
             return None
-        held_records, held_bytes = self._held.get(device_id, (0, 0))
-        holders = len(self._held) + (device_id not in self._held)
-        share = holders + 1
-        mine = (held_records + records, held_bytes + nbytes)
         if mine[0] * share > self._max[0] or mine[1] * share > self._max[1]:
             return f"device {device_id!r} would hold more than its 1/{share} share of the backlog"
         return None
