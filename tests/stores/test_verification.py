@@ -15,6 +15,7 @@ import pytest
 from playproof.catalog import Catalog, Change, check_references, parse_catalog
 from playproof.catalog_merge import merge
 from playproof.errors import CatalogError
+from playproof.server.metrics import Metrics
 from playproof.server.verifier import Verifier
 from playproof.stores import verification_queries as vq
 from playproof.stores.base import DeviceInfo, Store
@@ -161,6 +162,50 @@ async def test_a_campaign_imported_late_turns_unknown_campaign_into_verified(
     ), "the line rollup holds the same counts without the screen"
 
 
+async def test_saving_decisions_names_the_statuses_written_and_leaves_out_plays_decided_meanwhile(
+    registered: Store,
+) -> None:
+    """Another verifier decided play 2 between this one's read and its save: the save
+    writes plays 1 and 3 and names their statuses only, so that the verifier counts
+    (playproof_verification_decisions) what it wrote, not the first two of its three."""
+    from playproof.verification import Decision
+
+    store = registered
+    await import_catalog(store, catalog_doc())
+    await ingest(store, play(1, NOON), play(2, NOON + 20_000), play(3, NOON + 40_000))
+    load = await store.load_screen("scr-1", NOON + 60_000, 10)
+    first, second, third = load.state.pending
+    version = (await store.load_catalog()).version
+    other = [(second, Decision("failed", ("overlap",)))]
+    assert await store.save_decisions(other, NOON, version) == ["failed"]
+    mine = [
+        (first, Decision("verified", ())),
+        (second, Decision("verified", ())),
+        (third, Decision("failed", ("low_quality",))),
+    ]
+    assert await store.save_decisions(mine, NOON, version) == ["verified", "failed"]
+    assert await decisions(store) == [
+        (1, "verified", ""),
+        (2, "failed", "overlap"),
+        (3, "failed", "low_quality"),
+    ]
+
+
+async def test_the_verifier_counts_its_decisions_by_status(registered: Store) -> None:
+    store = registered
+    metrics = Metrics()
+    await import_catalog(store, catalog_doc())
+    await ingest(store, play(1, NOON), play(2, NOON + 20_000, campaign_id="cmp-x"))
+    await Verifier(store, clock=lambda: NOON + 120_000, metrics=metrics).drain()
+    counted = {
+        status: metrics.registry.get_sample_value(
+            "playproof_verification_decisions_total", {"status": status}
+        )
+        for status in ("verified", "failed")
+    }
+    assert counted == {"verified": 1.0, "failed": 1.0}
+
+
 async def test_importing_the_same_catalog_twice_changes_nothing(registered: Store) -> None:
     store = registered
     assert await import_catalog(store, catalog_doc())
@@ -219,5 +264,5 @@ async def test_a_decision_made_against_an_older_catalog_is_not_written(registere
     stale = [(load.state.pending[0], Decision("verified", ()))]
     version = (await store.load_catalog()).version
     await import_catalog(store, catalog_doc(min_quality=50))
-    assert await store.save_decisions(stale, NOON, version) == -1
+    assert await store.save_decisions(stale, NOON, version) is None
     assert await decisions(store) == [(1, "pending", None)]

@@ -186,18 +186,19 @@ class Verifier:
         assert self._state is not None
         together = [verdict for screen in group for verdict in screen]
         written = await self._store.save_decisions(together, now, self._state.version)
-        if written < 0 and len(group) > 1:
+        if written is None and len(group) > 1:
             # Another verifier holds one of the screens (it decides those plays), or the
             # catalog changed: each screen alone, so that the others still go ahead.
             return sum([await self._save([screen], now) for screen in group])
-        if written < 0:
+        if written is None:
             # Nothing was written: read the catalog again next turn.
             self._reload = True
             return 0
         if self._metrics is not None:
-            for _, decision in together[:written]:
-                self._metrics.verification_decisions.labels(decision.status).inc()
-        return written
+            # Only what was written: a play another verifier decided meanwhile is its count.
+            for status in written:
+                self._metrics.verification_decisions.labels(status).inc()
+        return len(written)
 
     async def _fingerprint(self, shas: list[str]) -> None:
         facts: list[Facts] = []

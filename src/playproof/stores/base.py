@@ -320,10 +320,11 @@ class Store(Protocol):
 
     async def save_decisions(
         self, decisions: Sequence[tuple[Play, Decision]], now: int, catalog_version: int
-    ) -> int:
+    ) -> list[str] | None:
         """Write decisions of plays still pending (of one screen or several), with log and
-        rollup, in one transaction; how many were written, or -1 (nothing written) if the
-        catalog changed since or (PostgreSQL) another verifier holds one of their screens."""
+        rollup, in one transaction; the statuses of those written, in order (a play another
+        verifier decided meanwhile is left out), or None (nothing written) if the catalog
+        changed since or (PostgreSQL) another verifier holds one of their screens."""
 
     async def read_rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Rows of one read-only query in the store's dialect (`stores/queries.py` builds them)."""

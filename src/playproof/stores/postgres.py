@@ -428,8 +428,8 @@ class PostgresStore:
 
     async def save_decisions(
         self, decisions: Sequence[tuple[Play, Decision]], now: int, catalog_version: int
-    ) -> int:
-        """Write decisions of plays still pending; -1 if the catalog changed since."""
+    ) -> list[str] | None:
+        """Write decisions of plays still pending: the statuses written (Store's docstring)."""
         async with self._connection("save decisions") as conn:
             return await verdicts.save_decisions(conn, decisions, now, catalog_version)
 

@@ -151,17 +151,18 @@ async def save_decisions(
     decisions: Sequence[tuple[Play, Decision]],
     now: int,
     catalog_version: int,
-) -> int:
-    """Write decisions still pending (of one screen or several); -1 when the catalog
-    changed or another verifier holds one of their screens (nothing written either way)."""
+) -> list[str] | None:
+    """Write decisions still pending (of one screen or several): the statuses written, in
+    order; None when the catalog changed or another verifier holds one of their screens
+    (nothing written either way)."""
     if not decisions:
-        return 0
+        return []
     async with conn.transaction():
         await conn.execute(_SHARE_CATALOG.encode())
         screens = sorted({play.device_id for play, _ in decisions})
         taken = await _rows(conn, _TRY_SCREENS, (screens,))
         if not taken[0][0] or await _version(conn) != catalog_version:
-            return -1
+            return None
         done = []
         for (play, decision), params in zip(decisions, decision_rows(decisions, now), strict=True):
             cur = await conn.execute(_SQL.decide.encode(), params)
@@ -170,7 +171,7 @@ async def save_decisions(
         async with conn.cursor() as cur:
             await cur.executemany(_SQL.log.encode(), decided_log(done, now))
             await _add_rollups(cur, rollup_deltas([decided_after(p, d) for p, d in done], +1))
-    return len(done)
+    return [decision.status for _, decision in done]
 
 
 async def save_facts(conn: AsyncConnection, facts: Sequence[Facts]) -> None:

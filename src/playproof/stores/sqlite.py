@@ -362,8 +362,8 @@ class SqliteStore:
 
     async def save_decisions(
         self, decisions: Sequence[tuple[Play, Decision]], now: int, catalog_version: int
-    ) -> int:
-        """Write decisions of plays still pending; -1 if the catalog changed since."""
+    ) -> list[str] | None:
+        """Write decisions of plays still pending: the statuses written (Store's docstring)."""
         return await self._write(
             "save decisions",
             lambda c: verdicts.save_decisions(c, decisions, now, catalog_version),

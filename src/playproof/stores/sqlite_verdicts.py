@@ -131,10 +131,11 @@ def save_decisions(
     decisions: Sequence[tuple[Play, Decision]],
     now: int,
     catalog_version: int,
-) -> int:
-    """Write decisions still pending, with log and rollup; -1 if the catalog changed since."""
+) -> list[str] | None:
+    """Write decisions still pending, with log and rollup: the statuses written, in order;
+    None if the catalog changed since."""
     if int(conn.execute(VERSION_SQL).fetchone()[0]) != catalog_version:
-        return -1
+        return None
     done = [
         (play, decision)
         for (play, decision), params in zip(decisions, decision_rows(decisions, now), strict=True)
@@ -142,7 +143,7 @@ def save_decisions(
     ]
     conn.executemany(_SQL.log, decided_log(done, now))
     add_rollups(conn, rollup_deltas([decided_after(p, d) for p, d in done], +1))
-    return len(done)
+    return [decision.status for _, decision in done]
 
 
 def save_facts(
