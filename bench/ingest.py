@@ -90,9 +90,14 @@ class Server:
             self.proc.wait(10)
 
 
-# The per-device request rate limit is policy, not capacity: a benchmark device
-# sends far faster than a screen does, so the limit is lifted for the run.
-UNLIMITED = {"PLAYPROOF_LIMITS_DEVICE_RATE": "1000000", "PLAYPROOF_LIMITS_DEVICE_BURST": "1000000"}
+# The per-device rate limits (requests and bytes) are policy, not capacity: a benchmark
+# device sends far faster than a screen does, so the limits are lifted for the run.
+UNLIMITED = {
+    "PLAYPROOF_LIMITS_DEVICE_RATE": "1000000",
+    "PLAYPROOF_LIMITS_DEVICE_BURST": "1000000",
+    "PLAYPROOF_LIMITS_DEVICE_BYTES_RATE": str(1 << 40),
+    "PLAYPROOF_LIMITS_DEVICE_BYTES_BURST": str(1 << 40),
+}
 
 
 def playproof_server(db_url: str) -> Server:

@@ -45,6 +45,12 @@ class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     # device may spend at once: a drain after 4 h offline is a few requests.
     device_rate: Annotated[float, Meta(gt=0)] = 50.0
     device_burst: Annotated[int, Meta(ge=1)] = 200
+    # Body bytes (HTTP batches and status, stream frames) per second per device, and the
+    # burst: a screen sends a few KiB a minute and a drain after 4 h offline about 1 MiB,
+    # while a token flooding 1 MiB frames within `device_rate` would take 50 MiB a second
+    # of the service's reading and decoding. At least four full batches.
+    device_bytes_rate: Annotated[int, Meta(ge=1)] = 1024 * 1024
+    device_bytes_burst: Annotated[int, Meta(ge=4 * MAX_BATCH_BYTES)] = 16 * 1024 * 1024
     stream_connections: Annotated[int, Meta(ge=1)] = 50_000
     stream_connections_per_device: Annotated[int, Meta(ge=1)] = 4
     stream_idle_s: Annotated[float, Meta(gt=0)] = 300.0

@@ -9,10 +9,23 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.support import ServerProcess, client, envelope, make_record, provision
+from playproof.errors import RateLimited
+from playproof.protocol import MAX_BATCH_BYTES
+from playproof.server.limits import RateLimiter
+from tests.device.helpers import impressions
+from tests.support import (
+    ServerProcess,
+    bearer,
+    client,
+    envelope,
+    make_record,
+    provision,
+)
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +65,74 @@ def test_a_device_past_its_rate_gets_429_with_retry_after(tight: ServerProcess) 
     time.sleep(1.0)  # the bucket refills
     with client(tight.url, token) as http:
         assert http.post("/v1/impressions/batch", json=envelope([], "scr-rate")).status_code == 200
+
+
+@pytest.fixture(scope="module")
+def metered(shared_db: str) -> Iterator[ServerProcess]:
+    """A server allowing a device 64 KiB a second of bodies after a burst of 4 MiB (the
+    least burst allowed: four full batches)."""
+    limits = ["device_bytes_rate=65536", f"device_bytes_burst={4 * MAX_BATCH_BYTES}"]
+    args = [arg for limit in limits for arg in ("--limit", limit)]
+    with ServerProcess(shared_db, *args) as proc:
+        yield proc
+
+
+def padded(records: list[dict[str, object]], device_id: str, size: int) -> bytes:
+    """An envelope of `records` padded with JSON whitespace to `size` bytes."""
+    body = json.dumps(envelope(records, device_id))
+    return (body[:-1] + " " * (size - len(body)) + "}").encode()
+
+
+def test_a_device_past_its_byte_rate_gets_429_unread_and_others_are_not_held(
+    metered: ServerProcess,
+) -> None:
+    """Four batches of 1 MiB spend the 4 MiB burst; the fifth is refused 429 with
+    Retry-After before its body is read, nothing of it stored, while another device's
+    batch is taken; the same batch is taken once the bucket has refilled enough."""
+    device, other = "scr-bytes", "scr-bytes-other"
+    token, other_token = provision(metered.db_url, device), provision(metered.db_url, other)
+    size = MAX_BATCH_BYTES - 64
+    headers = {"Content-Type": "application/json"}
+    with client(metered.url, token) as http:
+        answers = [
+            http.post(
+                "/v1/impressions/batch",
+                content=padded([make_record(device_id=device, seq=i)], device, size),
+                headers=headers,
+            )
+            for i in range(1, 6)
+        ]
+        unaffected = http.post(
+            "/v1/impressions/batch",
+            content=padded([make_record(device_id=other, seq=1)], other, size),
+            headers={**headers, "Authorization": f"Bearer {other_token}"},
+        )
+    assert [a.status_code for a in answers] == [200, 200, 200, 200, 429]
+    refused = answers[-1]
+    assert "bytes a second" in refused.json()["error"]
+    assert int(refused.headers["retry-after"]) >= 1
+    assert [r["seq"] for r in impressions(metered.db_url, device)] == [1, 2, 3, 4]
+    assert unaffected.status_code == 200
+    assert [r["seq"] for r in impressions(metered.db_url, other)] == [1]
+
+
+async def test_stream_frames_past_the_byte_rate_get_an_error_to_resend(
+    metered: ServerProcess,
+) -> None:
+    """Over the stream, the fifth 1 MiB frame in a row is answered with `retry_after_ms`
+    (PROTOCOL.md section 3), and not stored."""
+    device = "scr-bytes-ws"
+    token = provision(metered.db_url, device)
+    size = MAX_BATCH_BYTES - 64
+    async with connect(metered.stream_url, additional_headers=bearer(token), max_size=None) as ws:
+        for i in range(1, 6):
+            records = [make_record(device_id=device, seq=i)]
+            frame = json.dumps({"id": i, **envelope(records, device)})
+            await ws.send(frame[:-1] + " " * (size - len(frame)) + "}")
+            answer = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            assert answer["id"] == i
+    assert "bytes a second" in answer["error"] and answer["retry_after_ms"] >= 1
+    assert [r["seq"] for r in impressions(metered.db_url, device)] == [1, 2, 3, 4]
 
 
 @pytest.fixture(scope="module")
@@ -134,3 +215,69 @@ def test_a_slow_body_is_cut_off_with_408_and_the_service_keeps_serving(
     assert answer.startswith(b"HTTP/1.1 408")
     with client(tight.url) as http:
         assert http.get("/healthz").status_code == 200
+
+
+class FakeClock:
+    """Seconds that move only when the test says (the limiter's injected clock)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.floats(0, 2), st.sampled_from("ab"), st.integers(1, 4096)),
+        max_size=80,
+    )
+)
+def test_a_byte_bucket_admits_at_most_its_burst_and_rate_and_each_device_alone(
+    ops: list[tuple[float, str, int]],
+) -> None:
+    """Whatever the costs and their timing: what a device is admitted up to any moment is
+    at most the burst plus the rate times the time gone by; a refusal's wait is exact (the
+    same cost is admitted once it has passed); and a device's answers are the same
+    whether or not another device spends meanwhile."""
+    rate, burst = 1000.0, 4096
+
+    def run(only: str | None) -> dict[str, list[bool]]:
+        clock = FakeClock()
+        limiter = RateLimiter(rate, burst, clock, unit="bytes")
+        admitted: dict[str, float] = {"a": 0.0, "b": 0.0}
+        answers: dict[str, list[bool]] = {"a": [], "b": []}
+        for dt, device, cost in ops:
+            clock.now += dt
+            if only is not None and device != only:
+                continue
+            wait = limiter.wait(device, cost)
+            if wait > 0:
+                with pytest.raises(RateLimited) as refused:
+                    limiter.check(device, cost)
+                assert refused.value.retry_after_s == wait
+                clock.now += wait + 1e-9
+                assert limiter.wait(device, cost) == 0, "the wait it named is enough"
+                clock.now -= wait + 1e-9
+                answers[device].append(False)
+            else:
+                limiter.check(device, cost)
+                answers[device].append(True)
+                admitted[device] += cost
+            assert admitted[device] <= burst + rate * clock.now + 1e-6
+        return answers
+
+    together = run(None)
+    assert together["a"] == run("a")["a"]
+    assert together["b"] == run("b")["b"]
+
+
+def test_a_cost_over_the_burst_is_admitted_once_the_bucket_is_full_then_empties_it() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(100.0, 1000, clock, unit="bytes")
+    limiter.check("d", 5000)  # full: admitted, not refused for ever
+    with pytest.raises(RateLimited) as refused:
+        limiter.check("d", 1)
+    assert refused.value.retry_after_s == pytest.approx(0.01)
+    assert "bytes a second" in str(refused.value)

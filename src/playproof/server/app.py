@@ -79,12 +79,24 @@ async def _caller(service: Service, request: Request) -> DeviceInfo:
     return device
 
 
+async def _device_body(service: Service, request: Request, device: DeviceInfo) -> bytes:
+    """A device's JSON body, within its byte rate: charged its declared length before it
+    is read (refused unread when over), or, sent without one, its size once read."""
+    require_content_type(request, (JSON,))
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit():
+        service.bytes_rate.check(device.device_id, int(declared))
+    body = await read_body(request, MAX_BATCH_BYTES, service.limits.body_timeout_s)
+    if not declared.isdigit():
+        service.bytes_rate.check(device.device_id, len(body))
+    return body
+
+
 async def post_batch(request: Request) -> Response:
     """POST /v1/impressions/batch."""
     service = _service(request)
     device = await _caller(service, request)
-    require_content_type(request, (JSON,))
-    body = await read_body(request, MAX_BATCH_BYTES, service.limits.body_timeout_s)
+    body = await _device_body(service, request, device)
     return json_response(await service.ingestor.http_batch(body, device))
 
 
@@ -92,8 +104,7 @@ async def post_status(request: Request) -> Response:
     """POST /v1/devices/status."""
     service = _service(request)
     device = await _caller(service, request)
-    require_content_type(request, (JSON,))
-    body = await read_body(request, MAX_BATCH_BYTES, service.limits.body_timeout_s)
+    body = await _device_body(service, request, device)
     await service.ingestor.status(body, device, service.clock())
     return Response(status_code=204)
 

@@ -9,37 +9,52 @@ from playproof.errors import RateLimited
 
 
 class RateLimiter:
-    """A token bucket per device: `rate` requests a second, bursts of up to `burst`."""
+    """A token bucket per device: `rate` units a second, bursts of up to `burst`.
+
+    The unit is a request (`device_rate`) or a body byte (`device_bytes_rate`: a request
+    costs its size, so that a device's share of the service's reading and decoding is
+    bounded by what it sends, not by how many times).
+    """
 
     def __init__(
-        self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic
+        self,
+        rate: float,
+        burst: int,
+        clock: Callable[[], float] = time.monotonic,
+        unit: str = "requests",
     ) -> None:
         self._rate = rate
         self._burst = float(burst)
         self._clock = clock
+        self._unit = unit
         self._buckets: dict[str, tuple[float, float]] = {}
         self._checks = 0
 
-    def check(self, device_id: str) -> None:
-        """Spend one token of the device's bucket, or raise RateLimited with the wait."""
-        wait = self.wait(device_id)
+    def check(self, device_id: str, cost: float = 1.0) -> None:
+        """Spend `cost` of the device's bucket, or raise RateLimited with the wait."""
+        wait = self.wait(device_id, cost)
         if wait > 0:
             raise RateLimited(
-                f"expected at most {self._rate:g} requests a second from device "
+                f"expected at most {self._rate:g} {self._unit} a second from device "
                 f"{device_id!r}, got more; retry after {wait:.1f} s",
                 wait,
             )
-        self.spend(device_id)
+        self.spend(device_id, cost)
 
-    def wait(self, key: str) -> float:
-        """Seconds until `key`'s bucket holds a token again; 0 when it holds one now."""
+    def wait(self, key: str, cost: float = 1.0) -> float:
+        """Seconds until `key`'s bucket holds `cost` again; 0 when it holds it now.
+
+        A cost over the burst is waited for as if it were the burst: the bucket holds no
+        more, and refusing it for ever would refuse the device for ever.
+        """
+        need = min(cost, self._burst)
         tokens = self._tokens(key, self._clock())
-        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self._rate
+        return 0.0 if tokens >= need else (need - tokens) / self._rate
 
-    def spend(self, key: str) -> None:
-        """Take one token from `key`'s bucket (an empty bucket stays empty)."""
+    def spend(self, key: str, cost: float = 1.0) -> None:
+        """Take `cost` from `key`'s bucket (an empty bucket stays empty)."""
         now = self._clock()
-        self._buckets[key] = (max(0.0, self._tokens(key, now) - 1.0), now)
+        self._buckets[key] = (max(0.0, self._tokens(key, now) - cost), now)
         self._checks += 1
         if self._checks % 100_000 == 0:
             self._forget_full(now)

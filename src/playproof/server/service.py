@@ -62,6 +62,9 @@ class Service:
             observe=self.metrics.committed,
         )
         self.rate = RateLimiter(self.limits.device_rate, self.limits.device_burst)
+        self.bytes_rate = RateLimiter(
+            self.limits.device_bytes_rate, self.limits.device_bytes_burst, unit="bytes"
+        )
         self.connections = ConnectionLimiter(
             self.limits.stream_connections, self.limits.stream_connections_per_device
         )

@@ -65,6 +65,7 @@ class StreamSession:
         self._token_hash = token_hash
         self._ingestor = service.ingestor
         self._rate = service.rate
+        self._bytes_rate = service.bytes_rate
         self._backlog = service.backlog
         self._quiet_until = 0.0
         self._strikes = 0
@@ -164,6 +165,7 @@ class StreamSession:
             return None
         try:
             self._rate.check(self._device.device_id)
+            self._bytes_rate.check(self._device.device_id, len(text))
             # Before encoding and decoding: a refused frame costs no more work.
             self._backlog.check(self._device.device_id, 0, len(text))
         except (RateLimited, Overloaded) as exc:
