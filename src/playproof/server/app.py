@@ -35,9 +35,10 @@ from playproof.server import (
     verification_report,
 )
 from playproof.server.bodies import read_body, require_content_type
+from playproof.server.callers import device_of, operator_of, service_of
 from playproof.server.service import Service
 from playproof.server.stream import serve_stream
-from playproof.stores.base import DeviceInfo, OperatorInfo
+from playproof.stores.base import DeviceInfo
 
 log = logging.getLogger(__name__)
 
@@ -66,19 +67,6 @@ def json_response(payload: object, status: int = 200) -> Response:
     return Response(encode(payload), status_code=status, media_type=JSON)
 
 
-def _service(request: Request | WebSocket) -> Service:
-    service: Service = request.app.state.service
-    return service
-
-
-async def _caller(service: Service, request: Request) -> DeviceInfo:
-    """The authenticated device, within its rate limit."""
-    with service.guard.watch(service.guard.client(request)) as before_lookup:
-        device = await service.auth.device(request.headers.get("authorization"), before_lookup)
-    service.rate.check(device.device_id)
-    return device
-
-
 async def _device_body(service: Service, request: Request, device: DeviceInfo) -> bytes:
     """A device's JSON body, within its byte rate: charged its declared length before it
     is read (refused unread when over), or, sent without one, its size once read."""
@@ -94,16 +82,16 @@ async def _device_body(service: Service, request: Request, device: DeviceInfo) -
 
 async def post_batch(request: Request) -> Response:
     """POST /v1/impressions/batch."""
-    service = _service(request)
-    device = await _caller(service, request)
+    service = service_of(request)
+    device = await device_of(service, request)
     body = await _device_body(service, request, device)
     return json_response(await service.ingestor.http_batch(body, device))
 
 
 async def post_status(request: Request) -> Response:
     """POST /v1/devices/status."""
-    service = _service(request)
-    device = await _caller(service, request)
+    service = service_of(request)
+    device = await device_of(service, request)
     body = await _device_body(service, request, device)
     await service.ingestor.status(body, device, service.clock())
     return Response(status_code=204)
@@ -111,8 +99,8 @@ async def post_status(request: Request) -> Response:
 
 async def put_screenshot(request: Request) -> Response:
     """PUT /v1/screenshots/{sha256}."""
-    service = _service(request)
-    device = await _caller(service, request)
+    service = service_of(request)
+    device = await device_of(service, request)
     sha256 = request.path_params["sha256"]
     if not SHA256.match(sha256):
         raise errors.ProtocolError(f"expected a lowercase hex SHA-256 in the path, got {sha256!r}")
@@ -143,7 +131,7 @@ def _declared_length(request: Request) -> int:
 async def healthz(request: Request) -> Response:
     """GET /healthz: 200 when the store (and the pipeline, if any) answer, 503 otherwise."""
     # Anyone may ask, so the answer says healthy or not and no more; the log says why.
-    service = _service(request)
+    service = service_of(request)
     # A simulated clock is shown loudly (it is absent on the real clock).
     clock = (
         {}
@@ -178,7 +166,7 @@ async def metrics(request: Request) -> Response:
 
 async def open_metrics(request: Request) -> Response:
     """GET /metrics on the `--metrics-listen` address: no token, it is on a private network."""
-    return _metrics_response(_service(request))
+    return _metrics_response(service_of(request))
 
 
 # --- operators' routes (operator token; parsing and formats in reports, params, formats)
@@ -188,17 +176,9 @@ STATIC = Path(__file__).with_name("static")
 
 async def _operator(request: Request) -> Service:
     """The service, once the caller is known to be an operator."""
-    service = _service(request)
-    await _operator_of(service, request)
+    service = service_of(request)
+    await operator_of(service, request)
     return service
-
-
-async def _operator_of(service: Service, request: Request) -> OperatorInfo:
-    """The operator calling, its failures counted against its address (guard.py)."""
-    with service.guard.watch(service.guard.client(request)) as before_lookup:
-        return await service.operator_auth.operator(
-            request.headers.get("authorization"), before_lookup
-        )
 
 
 def _kind(request: Request) -> str:
@@ -434,7 +414,7 @@ def _flag(request: Request, name: str) -> bool:
 
 async def get_operator(request: Request) -> Response:
     """GET /v1/operator: who the token belongs to (the dashboard's login check)."""
-    found = await _operator_of(_service(request), request)
+    found = await operator_of(service_of(request), request)
     return json_response({"name": found.name})
 
 
@@ -470,7 +450,7 @@ class StreamApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ws = WebSocket(scope, receive, send)
-        await serve_stream(ws, _service(ws), receive, send)
+        await serve_stream(ws, service_of(ws), receive, send)
 
 
 def _error_status(exc: errors.PlayproofError) -> int:
@@ -484,7 +464,7 @@ async def on_playproof_error(request: Request, exc: Exception) -> Response:
     """Our errors become JSON with the status the protocol names."""
     assert isinstance(exc, errors.PlayproofError)
     status = _error_status(exc)
-    _service(request).metrics.rejected_requests.labels(str(status)).inc()
+    service_of(request).metrics.rejected_requests.labels(str(status)).inc()
     response = json_response({"error": str(exc)}, status)
     if isinstance(exc, errors.Unauthenticated):
         response.headers["WWW-Authenticate"] = "Bearer"

@@ -21,10 +21,11 @@ from playproof import keylog
 from playproof.errors import EnvelopeError, NotFound, ProtocolError
 from playproof.protocol import MAX_INT, encode
 from playproof.server.bodies import read_body, require_content_type
+from playproof.server.callers import device_of, operator_of, service_of
 from playproof.server.formats import rfc3339
 from playproof.server.params import Params, id_value
 from playproof.signing import check_public_key
-from playproof.stores.base import DeviceInfo, DeviceKey, OperatorInfo
+from playproof.stores.base import DeviceInfo, DeviceKey
 
 if TYPE_CHECKING:
     from playproof.server.service import Service
@@ -76,27 +77,6 @@ def _json(payload: object, status: int = 200) -> Response:
     return Response(encode(payload), status_code=status, media_type=JSON)
 
 
-def _service(request: Request) -> Service:
-    service: Service = request.app.state.service
-    return service
-
-
-async def _device(service: Service, request: Request) -> DeviceInfo:
-    """The calling device, within its rate limit (as every device route: app._caller)."""
-    with service.guard.watch(service.guard.client(request)) as before_lookup:
-        device = await service.auth.device(request.headers.get("authorization"), before_lookup)
-    service.rate.check(device.device_id)
-    return device
-
-
-async def _operator(service: Service, request: Request) -> OperatorInfo:
-    """The calling operator, its failures counted against its address (as app._operator_of)."""
-    with service.guard.watch(service.guard.client(request)) as before_lookup:
-        return await service.operator_auth.operator(
-            request.headers.get("authorization"), before_lookup
-        )
-
-
 async def _body(service: Service, request: Request, kind: type[Any]) -> Any:
     require_content_type(request, (JSON,))
     data = await read_body(request, MAX_KEY_BODY, service.limits.body_timeout_s)
@@ -129,8 +109,8 @@ async def _register(
 
 async def put_own_key(request: Request) -> Response:
     """PUT /v1/devices/keys/{key_id}: a device registers its public key (201, or 200 again)."""
-    service = _service(request)
-    device = await _device(service, request)
+    service = service_of(request)
+    device = await device_of(service, request)
     return await _register(service, request, device.device_id, DEVICE_ACTOR, False)
 
 
@@ -147,24 +127,24 @@ async def _device_keys(service: Service, device_id: str) -> Response:
 
 async def get_device_keys(request: Request) -> Response:
     """GET /v1/devices/{device_id}/keys: every key the device holds or held."""
-    service = _service(request)
-    await _operator(service, request)
+    service = service_of(request)
+    await operator_of(service, request)
     return await _device_keys(service, _device_id(request))
 
 
 async def put_device_key(request: Request) -> Response:
     """PUT /v1/devices/{device_id}/keys/{key_id}: an operator adds a key (even when the
     device's self-enrolment is closed)."""
-    service = _service(request)
-    operator = await _operator(service, request)
+    service = service_of(request)
+    operator = await operator_of(service, request)
     return await _register(service, request, _device_id(request), operator.name, True)
 
 
 async def post_revoke_key(request: Request) -> Response:
     """POST /v1/devices/{device_id}/keys/{key_id}/revoke: records received from now on that
     this key signed are refused; those received before stay good."""
-    service = _service(request)
-    operator = await _operator(service, request)
+    service = service_of(request)
+    operator = await operator_of(service, request)
     device_id, key_id = _device_id(request), request.path_params["key_id"]
     await service.store.revoke_key(device_id, key_id, service.clock(), operator.name)
     service.auth.forget_device(device_id)
@@ -174,8 +154,8 @@ async def post_revoke_key(request: Request) -> Response:
 
 async def post_lock(request: Request) -> Response:
     """POST /v1/devices/{device_id}/keys/lock: close (or open again) self-enrolment."""
-    service = _service(request)
-    operator = await _operator(service, request)
+    service = service_of(request)
+    operator = await operator_of(service, request)
     device_id = _device_id(request)
     body: EnrolBody = await _body(service, request, EnrolBody)
     await service.store.set_self_enrol(device_id, body.self_enrol, service.clock(), operator.name)
@@ -186,8 +166,8 @@ async def post_lock(request: Request) -> Response:
 async def post_require(request: Request) -> Response:
     """POST /v1/devices/{device_id}/keys/require: refuse the device's version-1 records,
     before it has any key."""
-    service = _service(request)
-    operator = await _operator(service, request)
+    service = service_of(request)
+    operator = await operator_of(service, request)
     device_id = _device_id(request)
     await service.store.require_signatures(device_id, service.clock(), operator.name)
     service.auth.forget_device(device_id)
@@ -206,8 +186,8 @@ def _after(params: Params) -> int:
 async def get_key_log(request: Request) -> Response:
     """GET /v1/keys: the key log as a buyer keeps it ({"entries": [...], "head": ...}); past
     `limit` entries, `next_after` names the page that follows."""
-    service = _service(request)
-    await _operator(service, request)
+    service = service_of(request)
+    await operator_of(service, request)
     params = Params(request.query_params, ("after", "limit"))
     after, limit = _after(params), params.limit(LOG_PAGE_MAX, LOG_PAGE_MAX)
     entries = await service.store.key_log(after, limit)
