@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 
 from starlette.types import Receive, Send
@@ -41,7 +42,8 @@ CLOSE_FORBIDDEN = 4403
 CLOSE_TRY_AGAIN = 1013
 CLOSE_GOING_AWAY = 1001
 MAX_IN_FLIGHT = 64
-# The longest a connection refused frame after frame is left unread (under stream_idle_s).
+# The longest a connection refused frame after frame is left unread, before the random
+# spread of up to half as long again (_hold_back): 45 s, under the default stream_idle_s.
 MAX_QUIET_S = 30.0
 # A frame is an envelope of at most 1 MiB plus its id and some slack.
 MAX_FRAME_BYTES = MAX_BATCH_BYTES + 4096
@@ -129,8 +131,11 @@ class StreamSession:
     def _hold_back(self, retry_after_s: float) -> None:
         # A device told to wait is not read for that long, twice as long at each refusal
         # in a row (a screen's SDK reconnects after one): a flood's frames then wait in
-        # its socket rather than in the service's memory, and cost it no CPU.
-        quiet = min(MAX_QUIET_S, retry_after_s * 2**self._strikes)
+        # its socket rather than in the service's memory, and cost it no CPU. Up to half
+        # as long again at random: connections refused together would otherwise all be
+        # read again together, a burst of their queued frames that held every other
+        # request 200-550 ms (bench/hostile.py --scenario flood).
+        quiet = min(MAX_QUIET_S, retry_after_s * 2**self._strikes) * random.uniform(1.0, 1.5)
         self._strikes = min(self._strikes + 1, 16)
         self._quiet_until = max(self._quiet_until, time.monotonic() + quiet)
 
