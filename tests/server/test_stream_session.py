@@ -5,7 +5,8 @@ every frame is answered once, and an idle connection is closed by its timer.
 All real: `playproof serve` in its own process on a SQLite file, a `websockets` client, and
 a second SQLite connection holding the database's write lock (as a long checkpoint or a
 slow disk would) so that the service's commits wait. What is asserted is counted (records
-held, answers, pongs, rows, close codes), never timed.
+held, answers, pongs, rows, close codes), never timed. The hold-back of a refused
+connection is a pure function (`hold_back_s`), tested as one.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from playproof.server.stream import CLOSE_GOING_AWAY, MAX_IN_FLIGHT
+from playproof.server.stream import CLOSE_GOING_AWAY, MAX_IN_FLIGHT, MAX_QUIET_S, hold_back_s
 from tests.support import ServerProcess, bearer, envelope, make_record, provision, store_stall
 
 FRAMES = 2 * MAX_IN_FLIGHT + 10
@@ -182,3 +185,25 @@ async def test_an_idle_connection_is_closed_going_away_by_its_timer(db_url: str)
     assert answers.closed.rcvd.code == CLOSE_GOING_AWAY
     assert "idle" in answers.closed.rcvd.reason
     assert stored(db_url, device_id) == [1]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.floats(0.001, 60.0), st.integers(0, 16), st.floats(1.0, 1.5))
+def test_a_refused_connection_is_left_unread_at_least_the_wait_doubled_at_most_half_again(
+    retry_after_s: float, strikes: int, spread: float
+) -> None:
+    """The hold-back is the wait asked, doubled at each refusal in a row up to MAX_QUIET_S,
+    then spread over up to half as long again; never shorter than the wait asked."""
+    base = min(MAX_QUIET_S, retry_after_s * 2.0**strikes)
+    quiet = hold_back_s(retry_after_s, strikes, lambda low, high: spread)
+    assert quiet == pytest.approx(base * spread)
+    assert min(retry_after_s, MAX_QUIET_S) <= quiet <= 1.5 * MAX_QUIET_S
+
+
+def test_connections_refused_together_are_not_all_read_again_together() -> None:
+    """Refused at the same moment with the same wait, 200 connections get spread-out
+    hold-backs (at the cap too), not one instant at which all are read again."""
+    for strikes in (0, 4, 16):
+        quiets = {hold_back_s(1.0, strikes) for _ in range(200)}
+        assert len(quiets) > 150
+        assert max(quiets) - min(quiets) > 0.3 * min(quiets)

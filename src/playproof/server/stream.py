@@ -17,6 +17,7 @@ import contextlib
 import logging
 import random
 import time
+from collections.abc import Callable
 
 from starlette.types import Receive, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -43,10 +44,25 @@ CLOSE_TRY_AGAIN = 1013
 CLOSE_GOING_AWAY = 1001
 MAX_IN_FLIGHT = 64
 # The longest a connection refused frame after frame is left unread, before the random
-# spread of up to half as long again (_hold_back): 45 s, under the default stream_idle_s.
+# spread of up to half as long again (hold_back_s): 45 s, under the default stream_idle_s.
 MAX_QUIET_S = 30.0
 # A frame is an envelope of at most 1 MiB plus its id and some slack.
 MAX_FRAME_BYTES = MAX_BATCH_BYTES + 4096
+
+
+def hold_back_s(
+    retry_after_s: float, strikes: int, draw: Callable[[float, float], float] = random.uniform
+) -> float:
+    """How long a connection is left unread after a refusal, `strikes` before it in a row.
+
+    A device told to wait is not read for that long, twice as long at each refusal in a
+    row (a screen's SDK reconnects after one): a flood's frames then wait in its socket
+    rather than in the service's memory, and cost it no CPU. Up to half as long again at
+    random: connections refused together would otherwise all be read again together, a
+    burst of their queued frames that held every other request 200-550 ms
+    (bench/hostile.py --scenario flood).
+    """
+    return min(MAX_QUIET_S, retry_after_s * 2.0**strikes) * draw(1.0, 1.5)
 
 
 class StreamSession:
@@ -129,13 +145,7 @@ class StreamSession:
             )
 
     def _hold_back(self, retry_after_s: float) -> None:
-        # A device told to wait is not read for that long, twice as long at each refusal
-        # in a row (a screen's SDK reconnects after one): a flood's frames then wait in
-        # its socket rather than in the service's memory, and cost it no CPU. Up to half
-        # as long again at random: connections refused together would otherwise all be
-        # read again together, a burst of their queued frames that held every other
-        # request 200-550 ms (bench/hostile.py --scenario flood).
-        quiet = min(MAX_QUIET_S, retry_after_s * 2**self._strikes) * random.uniform(1.0, 1.5)
+        quiet = hold_back_s(retry_after_s, self._strikes)
         self._strikes = min(self._strikes + 1, 16)
         self._quiet_until = max(self._quiet_until, time.monotonic() + quiet)
 
